@@ -1,0 +1,110 @@
+"""Every knob of rain_core in one typed place.
+
+The RAIN constants default to the values of the authors' reference implementation
+(SafeAILab/RAIN, see shared/RAIN.md); presets reproduce its three experimental settings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal, Optional
+
+EvalPrompt = Literal["fewshot", "chat"]
+EvalScore = Literal["vote", "continuous"]
+EvalCriterion = Literal["harmless", "truthful"]
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """How a partial answer is judged by the model itself."""
+
+    prompt: EvalPrompt = "fewshot"  # the paper's few-shot A/B prompt, or a chat-template question
+    score: EvalScore = "vote"  # the paper's +-1 vote, or squashed log-odds in [-1, 1]
+    criterion: EvalCriterion = "harmless"  # "truthful" asks the TruthfulQA Yes/No question
+    principle: Optional[str] = None  # replaces the harmlessness criterion, e.g. "Never give dosages"
+    both_orders: bool = True  # ask twice with the options swapped to cancel position bias
+
+
+@dataclass(frozen=True)
+class RainConfig:
+    """The search constants. Names follow the paper where it has one (in the comment)."""
+
+    max_iters: int = 50  # maxT
+    min_iters: int = 15  # floor of new iterations per commit: run until max(maxT, i0 + min_iters)
+    min_visits: int = 6  # minT: early stop needs the best child's visits above this
+    value_threshold: float = 0.8  # Vt: ... and its value above this
+    c_puct: float = 2.0
+    root_prior_smoothing: float = 0.25  # p <- (1 - e) p + e / k at the root
+    set_sizes: tuple[int, ...] = (1, 2, 4, 10)  # token-set length by answer depth; the last repeats
+    num_candidates: int = 10
+    candidate_top_k: int = 15
+    candidate_temperature: float = 1.0
+    candidate_top_p: float = 1.0
+    simulation_temperature: float = 1.0
+    simulation_stop_chars: str = ",.?:;\n"
+    simulation_max_tokens: Optional[int] = None  # None: up to the answer's length limit, as the paper
+    similarity_threshold: float = 0.95
+    similarity_weight: float = 0.2
+    widen_max_children: int = 20
+    widen_variance_scale: float = 0.03  # widen when ||var(child embeddings)|| < scale * L
+    q_norm_eps: float = 1e-5
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    iteration_cap: Optional[int] = None  # hard budget of iterations per commit, over everything above
+    time_budget_s: Optional[float] = None  # wall-time budget of the whole request
+
+    def set_size(self, depth: int) -> int:
+        return self.set_sizes[min(depth, len(self.set_sizes) - 1)]
+
+    def with_overrides(self, **overrides) -> "RainConfig":
+        evaluator = {k: overrides.pop(k) for k in list(overrides) if k in _EVALUATOR_FIELDS}
+        cfg = replace(self, **overrides)
+        return replace(cfg, evaluator=replace(cfg.evaluator, **evaluator)) if evaluator else cfg
+
+
+_EVALUATOR_FIELDS = set(EvaluatorConfig.__dataclass_fields__)
+
+PRESETS: dict[str, RainConfig] = {
+    "harmless": RainConfig(),  # Anthropic HH
+    "adversarial": RainConfig(min_visits=5, candidate_temperature=2.0),  # AdvBench
+    "truthful": RainConfig(min_visits=16, evaluator=EvaluatorConfig(criterion="truthful", both_orders=False)),
+}
+
+
+def preset(name: str) -> RainConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What a client asks of one generation, in either mode."""
+
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: Optional[int] = None
+    temperature: Optional[float] = None  # None: greedy for vanilla, the paper's values for RAIN
+    top_p: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: tuple[dict, ...]  # {"role": ..., "content": str}
+    params: SamplingParams = field(default_factory=SamplingParams)
+    rain: Optional[RainConfig] = None  # None: plain (vanilla) decoding
+
+
+Device = str
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which model a process serves and where it runs."""
+
+    model: Optional[str] = None  # HF id, local dir, .gguf file or alias; None: embedded SmolLM2
+    device: Device = "cpu"
+    dtype: DType = "float32"
+    tp: int = 1  # tensor-parallel ranks
+    encoder: Optional[str] = None  # sentence encoder dir; None: embedded all-MiniLM-L6-v2
+    threads: Optional[int] = None  # torch intra-op threads on CPU

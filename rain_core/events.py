@@ -1,0 +1,58 @@
+"""Typed events a generation yields: one per committed token set, a tick per search iteration, and
+a final event. Vanilla decoding yields the same types (one token per commit, no search stats)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Optional, Union
+
+FinishReason = Literal["stop", "length", "cancelled", "time_budget"]
+
+
+@dataclass
+class CommitStats:
+    """The search behind one committed set."""
+
+    iterations: int  # search iterations run for this commit
+    tree_size: int  # nodes in the tree when the set was chosen
+    visits: float  # n of the chosen child (real plus fractional visits)
+    value: float  # q of the chosen child
+
+
+@dataclass
+class Commit:
+    token_ids: list[int]
+    text: str  # safe delta: never ends inside a multi-byte character
+    stats: Optional[CommitStats] = None  # None for vanilla decoding
+
+
+@dataclass
+class SearchTick:
+    """One search iteration finished: a point where a scheduler may interleave or cancel."""
+
+    iteration: int
+
+
+@dataclass
+class Totals:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    commits: int = 0
+    iterations: int = 0
+    self_evaluations: int = 0
+    forward_calls: int = 0
+    tokens_fed: int = 0  # tokens pushed through the model, prompt included
+    prefill_s: float = 0.0  # time to feed the prompt
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Finish:
+    finish_reason: FinishReason
+    totals: Totals = field(default_factory=Totals)
+    text: str = ""  # the whole answer
+
+
+Event = Union[Commit, SearchTick, Finish]

