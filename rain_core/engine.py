@@ -1,0 +1,135 @@
+"""The engine: one loaded model that answers conversations by vanilla decoding or by RAIN search."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from functools import cached_property
+from typing import Iterator, Optional
+
+import torch
+
+from .answer import Answer
+from .config import EngineConfig, EvaluatorConfig, GenerationRequest
+from .events import Commit, Event, Finish, SearchTick, Totals
+from .models import load_model, load_tokenizer, resolve
+from .runner import ModelRunner
+from .sampling import make_generator
+from .vanilla import vanilla_tokens
+
+log = logging.getLogger(__name__)
+
+# Tokens that open a new turn: an answer that reaches one has ended (the reference counted "Human:").
+TURN_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
+
+
+class RequestError(ValueError):
+    """The request cannot be served as asked (too long for the context, bad messages, ...)."""
+
+    def __init__(self, message: str, param: Optional[str] = None):
+        super().__init__(message)
+        self.param = param
+
+
+class Engine:
+    def __init__(self, config: EngineConfig = EngineConfig()):
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.source = resolve(config.model)
+        self.model_name = self.source.name
+        self.tokenizer = load_tokenizer(self.source)
+        if config.tp > 1:
+            from .tp import start_tensor_parallel
+
+            self.runner = start_tensor_parallel(self.source, config)
+        else:
+            model = load_model(self.source, config.device, config.dtype)
+            self.runner = ModelRunner(model, config.device)
+        self.device = self.runner.device
+        self.context_length = self.runner.max_positions
+        self.end_ids = self._end_token_ids()
+        self._lock = threading.Lock()
+
+    def _end_token_ids(self) -> frozenset[int]:
+        ids = {self.tokenizer.eos_token_id}
+        vocab = self.tokenizer.get_vocab()
+        ids.update(vocab[t] for t in TURN_TOKENS if t in vocab)
+        return frozenset(i for i in ids if i is not None)
+
+    @cached_property
+    def embedder(self):
+        from .embedder import SentenceEmbedder
+
+        return SentenceEmbedder(self.config.encoder, self.device)
+
+    # prompts ---------------------------------------------------------------------------------
+    def prompt_ids(self, messages) -> list[int]:
+        if not messages:
+            raise RequestError("messages must hold at least one message", "messages")
+        try:
+            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # templates raise on unsupported role orders
+            raise RequestError(f"the model's chat template rejected the messages: {exc}", "messages") from exc
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        if prompt_tokens + max_new_tokens > self.context_length:
+            raise RequestError(
+                f"this model's context is {self.context_length} tokens; the prompt has {prompt_tokens} and "
+                f"max_tokens asks for {max_new_tokens} more ({prompt_tokens + max_new_tokens} in all)",
+                "max_tokens",
+            )
+
+    # generation ------------------------------------------------------------------------------
+    def generate(self, request: GenerationRequest, cancel: Optional[threading.Event] = None) -> Iterator[Event]:
+        """Yield Commit events (and SearchTicks under RAIN), then one Finish. Closing the generator
+        frees its caches; `cancel` ends it at the next token or search iteration."""
+        started = time.perf_counter()
+        prompt = self.prompt_ids(request.messages)
+        params = request.params
+        self.check_fits(len(prompt), params.max_new_tokens)
+        totals = Totals(prompt_tokens=len(prompt))
+        answer = Answer(self.tokenizer, self.end_ids, params.stop, params.max_new_tokens)
+        generator = make_generator(params.seed, self.device)
+        cache = self.runner.new_cache()
+        try:
+            logits = self.runner.forward(cache, torch.tensor(prompt), totals=totals)
+            totals.prefill_s = time.perf_counter() - started
+            if request.rain is None:
+                steps = vanilla_tokens(self.runner, cache, logits, params, generator, totals)
+            else:
+                from .search import RainSearch
+
+                search = RainSearch(self, request, prompt, cache, logits, answer, generator, totals)
+                steps = search.steps()
+            try:
+                for step in steps:
+                    if cancel is not None and cancel.is_set():
+                        answer.end("cancelled")
+                        break
+                    if isinstance(step, SearchTick):
+                        yield step
+                        continue
+                    if isinstance(step, Finish):  # the search ran out of its time budget
+                        tail = answer.end(step.finish_reason)
+                        if tail:
+                            yield Commit([], tail)
+                        break
+                    commit = answer.commit(step.token_ids, step.stats)
+                    totals.commits += 1
+                    yield commit
+                    if answer.finish_reason:
+                        break
+            finally:
+                steps.close()
+        finally:
+            self.runner.free_cache(cache)
+        totals.completion_tokens = len(answer.ids)
+        totals.wall_s = time.perf_counter() - started
+        yield Finish(answer.finish_reason or "stop", totals, answer.text)
+
+    def complete(self, request: GenerationRequest) -> Finish:
+        """Run a generation to the end and return its Finish event."""
+        *_, finish = self.generate(request)
+        return finish
