@@ -47,6 +47,7 @@ class RainConfig:
     widen_max_children: int = 20
     widen_variance_scale: float = 0.03  # widen when ||var(child embeddings)|| < scale * L
     q_norm_eps: float = 1e-5
+    q_bounds: tuple[float, float] = (-1.0, 1.0)  # initial (qmin, qmax) of the tree-wide Q normalisation
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     iteration_cap: Optional[int] = None  # hard budget of iterations per commit, over everything above
     time_budget_s: Optional[float] = None  # wall-time budget of the whole request
