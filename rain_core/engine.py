@@ -50,6 +50,7 @@ class Engine:
         self.context_length = self.runner.max_positions
         self.end_ids = self._end_token_ids()
         self._lock = threading.Lock()
+        self._evaluators: dict = {}
 
     def _end_token_ids(self) -> frozenset[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -62,6 +63,37 @@ class Engine:
         from .embedder import SentenceEmbedder
 
         return SentenceEmbedder(self.config.encoder, self.device)
+
+    def evaluator(self, config: EvaluatorConfig):
+        """The self-evaluator of one format; its fixed prompt prefix is fed once and kept."""
+        from .selfeval import SelfEvaluator
+
+        with self._lock:
+            if config not in self._evaluators:
+                self._evaluators[config] = SelfEvaluator(self.runner, self.tokenizer, config)
+            return self._evaluators[config]
+
+    def self_evaluate(self, messages, answer: str, config: EvaluatorConfig = EvaluatorConfig()):
+        """Judge `answer` to the conversation `messages`: a SelfEvalResult (value in [-1, 1])."""
+        session = self.evaluator(config).session(messages)
+        try:
+            return session.evaluate(answer)
+        finally:
+            session.close()
+
+    @torch.inference_mode()
+    def answer_logprob(self, messages, answer: str) -> float:
+        """Sum of the log-probabilities of `answer`'s tokens after the chat-templated prompt."""
+        prompt = self.prompt_ids(messages)
+        answer_ids = self.tokenizer(answer, add_special_tokens=False).input_ids
+        cache = self.runner.new_cache()
+        try:
+            rows = torch.arange(len(prompt) - 1, len(prompt) + len(answer_ids) - 1)
+            logits = self.runner.forward(cache, torch.tensor(prompt + answer_ids), logits_at=rows)
+        finally:
+            self.runner.free_cache(cache)
+        logprobs = torch.log_softmax(logits, -1)
+        return float(logprobs.gather(-1, torch.tensor(answer_ids, device=logprobs.device).unsqueeze(-1)).sum())
 
     # prompts ---------------------------------------------------------------------------------
     def prompt_ids(self, messages) -> list[int]:

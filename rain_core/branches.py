@@ -1,0 +1,91 @@
+"""Grow several token branches from one state in lockstep: candidates and simulations of RAIN.
+
+All rows share the cached state; each decode step feeds one token per live row into the same cache
+under a tree mask, so ten candidates of ten tokens cost ten forward calls of ten tokens each, and
+nothing of the shared prefix is copied or recomputed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from .events import Totals
+from .runner import ModelRunner, TreeLayout
+from .sampling import filtered_probs
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    max_len: int
+    greedy: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0: the full distribution
+    top_p: float = 1.0
+    stops_at_sentence: bool = False  # simulation rows end where the text ends a clause
+
+
+@dataclass
+class Branch:
+    tokens: list[int] = field(default_factory=list)
+    logprob: float = 0.0  # under the row's own filtered distribution
+    ended: bool = False  # stopped on an end-of-turn token
+
+    @property
+    def prob(self) -> float:
+        return math.exp(self.logprob)
+
+
+def grow_branches(
+    runner: ModelRunner,
+    cache: int,
+    start_logits: torch.Tensor,
+    specs: list[RowSpec],
+    generator: torch.Generator,
+    end_ids: frozenset[int],
+    ends_sentence: Callable[[list[int]], bool],
+    totals: Optional[Totals] = None,
+) -> list[Branch]:
+    """Decode every row from `start_logits` (the state's next-token logits) until its own end. The
+    cache is left holding the branches' tokens: the caller truncates it back."""
+    layout = TreeLayout.shared_prefix(runner.cache_length(cache), runner.device)
+    branches = [Branch() for _ in specs]
+    live = [i for i, s in enumerate(specs) if s.max_len > 0]
+    logits = start_logits.view(1, -1).expand(len(live), -1)
+    while live:
+        tokens, logprobs = _choose(logits, [specs[i] for i in live], generator)
+        feed = []
+        for row, token, logprob in zip(live, tokens, logprobs):
+            branch, spec = branches[row], specs[row]
+            branch.tokens.append(token)
+            branch.logprob += logprob
+            branch.ended = token in end_ids
+            done = branch.ended or len(branch.tokens) >= spec.max_len
+            if not done and not (spec.stops_at_sentence and ends_sentence(branch.tokens)):
+                feed.append(row)
+        if not feed:
+            break
+        positions = [layout.next_position(row) for row in feed]
+        position_ids, mask = layout.append(feed, positions)
+        ids = torch.tensor([branches[row].tokens[-1] for row in feed])
+        out = runner.forward(cache, ids, position_ids, mask, torch.arange(len(feed)), totals=totals)
+        logits, live = out, feed
+    return branches
+
+
+def _choose(logits: torch.Tensor, specs: list[RowSpec], generator: torch.Generator) -> tuple[list[int], list[float]]:
+    """One token per row and its log-probability, grouping rows that share a sampling filter."""
+    tokens = torch.empty(len(specs), dtype=torch.long, device=logits.device)
+    logprobs = torch.empty(len(specs), device=logits.device)
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(specs):
+        groups.setdefault((s.temperature, s.top_k, s.top_p, s.greedy), []).append(i)
+    for (temperature, top_k, top_p, greedy), rows in groups.items():
+        index = torch.tensor(rows, device=logits.device)
+        probs = filtered_probs(logits[index], temperature, top_k, top_p)
+        chosen = probs.argmax(-1) if greedy else torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        tokens[index] = chosen
+        logprobs[index] = probs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1).log()
+    return tokens.tolist(), logprobs.tolist()
