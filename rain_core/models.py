@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -86,10 +87,40 @@ def resolve(model: Optional[str]) -> ModelSource:
     return ModelSource(model, model)
 
 
+def _converted(source: ModelSource, kind: str, convert) -> Path:
+    """A GGUF conversion (tokenizer or de-quantised weights) saved once in the cache directory:
+    converting takes seconds to tens of seconds, and every worker and test would pay for it."""
+    gguf = Path(source.path) / source.gguf_file
+    saved = cache_dir() / kind / f"{gguf.stem}-{gguf.stat().st_size}"
+    if not (saved / "config.json").exists() and not (saved / "tokenizer_config.json").exists():
+        tmp = saved.with_name(saved.name + f".tmp{os.getpid()}")
+        convert().save_pretrained(tmp)
+        if saved.exists():  # another process got there first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, saved)
+    return saved
+
+
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    if not source.gguf_file:
+        return AutoTokenizer.from_pretrained(source.path)
+    convert = lambda: AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)  # noqa: E731
+    return AutoTokenizer.from_pretrained(_converted(source, "tokenizers", convert))
+
+
+def _dequantized(source: ModelSource):
+    """transformers de-quantises GGUF weights on load but still marks the model as quantized,
+    which forbids saving it; the weights are plain tensors by then, so drop the mark."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
 
 
 def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32", tp_plan: Optional[str] = None):
@@ -97,10 +128,13 @@ def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32",
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
-    kwargs = dict(gguf_file=source.gguf_file, dtype=DTYPES[dtype])
+    path = source.path
+    if source.gguf_file:
+        path = str(_converted(source, "models", lambda: _dequantized(source)))
+    kwargs = dict(dtype=DTYPES[dtype])
     if tp_plan:
         kwargs["tp_plan"] = tp_plan
-    model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if not tp_plan:
         model = model.to(device)
     return model.eval()
