@@ -1,0 +1,70 @@
+"""What one `rain-serve` process is told to do, and how that splits into per-worker configs."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from rain_core.config import EngineConfig
+from rain_core.models import DEFAULT_MODEL
+
+from .protocol import WorkerConfig
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: Optional[str] = None  # as rain_core.models.resolve takes it; None: embedded SmolLM2
+    device: str = "cpu"  # cpu, cuda (all visible GPUs), cuda:0,1,... (these GPUs), or any torch device
+    dtype: str = "float32"
+    tp: int = 1
+    workers: int = 1
+    max_running_per_worker: int = 4
+    max_queue: int = 64
+    request_timeout: float = 600.0
+    api_key: Optional[str] = None
+    default_mode: Literal["rain", "vanilla"] = "rain"
+    shadow_vanilla_rate: float = 0.0
+    threads: Optional[int] = None  # torch threads per worker; None: the CPU cores shared among workers
+
+    @property
+    def model_alias(self) -> str:
+        """The name the user gave the model, accepted as `model` besides its reported id."""
+        return self.model or DEFAULT_MODEL
+
+    def worker_configs(self, gpu_count: Optional[int] = None) -> list[WorkerConfig]:
+        threads = self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+        devices = worker_devices(self.device, self.workers, self.tp, gpu_count)
+        return [
+            WorkerConfig(
+                engine=EngineConfig(model=self.model, device=device, dtype=self.dtype, tp=self.tp, threads=threads),
+                visible_devices=visible,
+                shadow_vanilla_rate=self.shadow_vanilla_rate,
+                warm_rain=self.default_mode == "rain",
+            )
+            for device, visible in devices
+        ]
+
+
+def worker_devices(device: str, workers: int, tp: int, gpu_count: Optional[int] = None) -> list[tuple[str, Optional[str]]]:
+    """(device, CUDA_VISIBLE_DEVICES) per worker. On CUDA each worker gets its own `tp` GPUs and sees
+    only those, so every replica runs on "cuda" without knowing about the others."""
+    kind, _, listed = device.partition(":")
+    if kind != "cuda":
+        return [(device, None)] * workers
+    if listed:
+        gpus = listed.split(",")
+    else:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = visible.split(",") if visible else [str(i) for i in range(gpu_count if gpu_count is not None else _cuda_count())]
+    needed = workers * tp
+    if len(gpus) < needed:
+        raise ValueError(f"{workers} workers with --tp {tp} need {needed} GPUs; {device!r} gives {len(gpus)}")
+    return [("cuda", ",".join(gpus[i * tp : (i + 1) * tp])) for i in range(workers)]
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()

@@ -1,0 +1,91 @@
+"""Typed messages between the API process and its worker processes (pickled over one pipe per worker).
+
+API -> worker: Submit, Cancel, Shutdown.
+Worker -> API: Ready once the model is loaded, Delta per committed token set, then exactly one of
+Done, Failed or Cancelled per submitted request; Speed whenever its vanilla speed estimate changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from rain_core.config import EngineConfig, GenerationRequest
+from rain_core.events import CommitStats, Totals
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    engine: EngineConfig
+    visible_devices: Optional[str] = None  # CUDA_VISIBLE_DEVICES of this worker; None: inherit
+    shadow_vanilla_rate: float = 0.0
+    warm_rain: bool = False  # load the encoder and the self-evaluation prefix before reporting Ready
+
+
+# API -> worker ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Submit:
+    id: str
+    request: GenerationRequest
+
+
+@dataclass(frozen=True)
+class Cancel:
+    id: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+# worker -> API ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ready:
+    pid: int
+    model_name: str
+    context_length: int
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The worker's measured vanilla speeds, the denominator of the overhead ratio."""
+
+    prefill_s_per_token: float
+    decode_s_per_token: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class Delta:
+    id: str
+    text: str
+    tokens: int  # size of the committed set
+    stats: Optional[CommitStats] = None  # the search behind it (RAIN only)
+
+
+@dataclass(frozen=True)
+class Done:
+    id: str
+    finish_reason: str  # rain_core's: stop, length, time_budget
+    totals: Totals
+    compute_s: float  # time the worker spent on this request alone (interleaved requests excluded)
+    vanilla_estimate_s: Optional[float] = None  # vanilla decoding of the same prompt and output length
+    overhead_ratio: Optional[float] = None  # compute_s / vanilla_estimate_s, RAIN only
+
+
+@dataclass(frozen=True)
+class Failed:
+    id: str
+    status: int
+    message: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    id: str
+
+
+ToWorker = Union[Submit, Cancel, Shutdown]
+FromWorker = Union[Ready, Speed, Delta, Done, Failed, Cancelled]

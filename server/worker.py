@@ -1,0 +1,172 @@
+"""A worker process: owns one Engine and serves several requests at once by stepping their
+generations in turn, one event (a search iteration or a committed set) per turn.
+
+Between two turns it applies the messages from the API process, so a cancel stops a search within
+one iteration and frees its slot. Only the API process decides when a worker ends (it drains
+first), so the worker ignores SIGINT/SIGTERM and exits on Shutdown or when the API side is gone.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+from typing import Iterator, Optional
+
+from rain_core.config import GenerationRequest, RainConfig, SamplingParams
+from rain_core.engine import Engine, RequestError
+from rain_core.events import Commit, Event, Finish
+
+from .overhead import VanillaSpeed
+from .protocol import (Cancel, Cancelled, Delta, Done, Failed, FromWorker, Ready, Shutdown, Submit,
+                       WorkerConfig)
+
+log = logging.getLogger("rain_serve.worker")
+
+CALIBRATION = GenerationRequest(
+    messages=({"role": "user", "content": "Count from one to ten in words."},),
+    params=SamplingParams(max_new_tokens=8),
+)
+
+
+@dataclass
+class Job:
+    id: Optional[str]  # None: a shadow vanilla re-decode that nobody waits for
+    request: GenerationRequest
+    events: Iterator[Event]
+    compute_s: float = 0.0  # time spent stepping this generation alone
+
+
+def main(index: int, config: WorkerConfig, conn: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{index} %(levelname)s %(message)s")
+    if config.visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = config.visible_devices  # read when CUDA first initialises
+    Worker(Engine(config.engine), conn, config).serve()
+
+
+class Worker:
+    def __init__(self, engine: Engine, conn: Connection, config: WorkerConfig):
+        self.engine = engine
+        self.conn = conn
+        self.config = config
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.jobs: dict[str, Job] = {}  # in turn order
+        self.shadow: Optional[Job] = None
+        self.speed = VanillaSpeed()
+
+    def serve(self) -> None:
+        self.warm_up()
+        threading.Thread(target=self._receive_forever, name="inbox", daemon=True).start()
+        self.send(Ready(os.getpid(), self.engine.model_name, self.engine.context_length))
+        self.send(self.speed.snapshot())
+        while self._apply_inbox():
+            job = self._next_job()
+            if job is not None:
+                self._step(job)
+
+    def warm_up(self) -> None:
+        """Measure vanilla speed before serving (the first pass only warms up), so the first RAIN
+        request already gets an overhead figure; optionally load what RAIN needs, too."""
+        for _ in range(2):
+            started = time.perf_counter()
+            finish = self.engine.complete(CALIBRATION)
+        self.speed.observe(finish.totals, time.perf_counter() - started)
+        if self.config.warm_rain:
+            tiny = RainConfig().with_overrides(max_iters=1, min_iters=1)
+            self.engine.complete(replace(CALIBRATION, params=SamplingParams(max_new_tokens=1), rain=tiny))
+
+    def send(self, message: FromWorker) -> None:
+        try:
+            self.conn.send(message)
+        except OSError:  # the API process is gone; the inbox thread turns that into a Shutdown
+            pass
+
+    # messages ----------------------------------------------------------------------------------
+    def _receive_forever(self) -> None:
+        """Read the pipe all the time, so a send from the API never waits for a search iteration."""
+        try:
+            while True:
+                self.inbox.put(self.conn.recv())
+        except (EOFError, OSError):
+            self.inbox.put(Shutdown())
+
+    def _apply_inbox(self) -> bool:
+        """Apply pending messages, waiting for one while idle; False once told to shut down."""
+        idle = not self.jobs and self.shadow is None
+        while True:
+            try:
+                message = self.inbox.get(block=idle)
+            except queue.Empty:
+                return True
+            idle = False
+            if isinstance(message, Shutdown):
+                return False
+            if isinstance(message, Submit):
+                self.jobs[message.id] = Job(message.id, message.request, self.engine.generate(message.request))
+            elif isinstance(message, Cancel) and message.id in self.jobs:
+                self.jobs.pop(message.id).events.close()  # frees its caches now
+                self.send(Cancelled(message.id))
+
+    # stepping ----------------------------------------------------------------------------------
+    def _next_job(self) -> Optional[Job]:
+        """Round robin over the clients' jobs; the shadow re-decode only runs when they are all done."""
+        if not self.jobs:
+            return self.shadow
+        job_id = next(iter(self.jobs))
+        self.jobs[job_id] = job = self.jobs.pop(job_id)  # to the back of the line
+        return job
+
+    def _step(self, job: Job) -> None:
+        started = time.perf_counter()
+        try:
+            event = next(job.events)
+        except RequestError as exc:
+            return self._fail(job, 400, str(exc), exc.param)
+        except Exception as exc:  # the request fails, the worker and its other requests go on
+            log.exception("generation %s failed", job.id or "(shadow)")
+            return self._fail(job, 500, f"generation failed: {type(exc).__name__}: {exc}", code="generation_failed")
+        finally:
+            job.compute_s += time.perf_counter() - started
+        if isinstance(event, Commit) and job.id is not None:
+            self.send(Delta(job.id, event.text, len(event.token_ids), event.stats))
+        elif isinstance(event, Finish):
+            self._finish(job, event)
+
+    def _drop(self, job: Job) -> None:
+        if job.id is None:
+            self.shadow = None
+        else:
+            self.jobs.pop(job.id, None)
+
+    def _fail(self, job: Job, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None) -> None:
+        self._drop(job)
+        if job.id is not None:
+            self.send(Failed(job.id, status, message, param, code))
+
+    def _finish(self, job: Job, finish: Finish) -> None:
+        self._drop(job)
+        totals = finish.totals
+        estimate = ratio = None
+        if job.request.rain is None:
+            if self.speed.observe(totals, job.compute_s):
+                self.send(self.speed.snapshot())
+        else:
+            estimate = self.speed.estimate(totals.prompt_tokens, totals.completion_tokens)
+            ratio = job.compute_s / estimate if estimate else None
+            self._maybe_shadow(job.request, totals.completion_tokens)
+        if job.id is not None:
+            self.send(Done(job.id, finish.finish_reason, totals, job.compute_s, estimate, ratio))
+
+    def _maybe_shadow(self, request: GenerationRequest, completion_tokens: int) -> None:
+        """Re-decode a sampled RAIN request with vanilla decoding, to keep the speed estimate fresh
+        on the prompts this worker really serves."""
+        if self.shadow is None and completion_tokens > 0 and random.random() < self.config.shadow_vanilla_rate:
+            vanilla = GenerationRequest(request.messages, SamplingParams(max_new_tokens=completion_tokens))
+            self.shadow = Job(None, vanilla, self.engine.generate(vanilla))
