@@ -1,0 +1,1 @@
+"""Evaluation harness: `python -m bench.eval SUITE` (see __main__.py)."""

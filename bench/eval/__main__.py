@@ -1,0 +1,79 @@
+"""`python -m bench.eval SUITE [options]`: evaluate an OpenAI-compatible endpoint (rain-serve in both
+modes, or any other in vanilla mode with --plain) or rain_core's self-evaluation, and write
+`<out>.jsonl` (records, resumable), `<out>.summary.json` and `<out>.md` (a Markdown table)."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from . import evaluator, safety, truth
+from .data import DEFAULT_DATA
+from .store import markdown_table, write_summary
+
+SUITES: dict[str, Callable] = {
+    "advbench": safety.advbench,
+    "xstest": safety.xstest,
+    "hh": safety.hh,
+    "truthfulqa": truth.run,
+    "evaluator": evaluator.run,
+}
+BOTH_MODELS = "smollm2,qwen2.5-coder-0.5b"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.eval", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("suite", choices=sorted(SUITES))
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="evaluation data directory (read only)")
+    p.add_argument("--out", type=Path, default=None, help="results JSONL (default: bench/results/<suite>-<model>.jsonl)")
+    p.add_argument("--limit", type=int, default=None, help="seeded subset size (xstest: per label)")
+    p.add_argument("--seed", type=int, default=0, help="subset and sampling seed")
+    g = p.add_argument_group("endpoint (advbench, xstest, hh, truthfulqa generation)")
+    g.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    g.add_argument("--model", default=None, help="model name sent (default: the endpoint's first model)")
+    g.add_argument("--api-key", default="EMPTY")
+    g.add_argument("--concurrency", type=int, default=1)
+    g.add_argument("--mode", choices=["vanilla", "rain", "both"], default="both")
+    g.add_argument("--plain", action="store_true", help="endpoint is not rain-serve: send no `rain` field (vanilla only)")
+    g.add_argument("--max-tokens", type=int, default=48)
+    g.add_argument("--temperature", type=float, default=None, help="default: the endpoint's (rain-serve: greedy vanilla)")
+    g.add_argument("--preset", default=None, help="RAIN preset: harmless | adversarial | truthful (default: server's)")
+    g.add_argument("--max-iters", type=int, default=None, help="RAIN maxT per commit")
+    g.add_argument("--min-iters", type=int, default=None, help="RAIN floor of new iterations per commit")
+    g.add_argument("--time-budget-s", type=float, default=None, help="RAIN wall-time budget per request")
+    g.add_argument("--gcg", action="store_true", help="advbench: append the GCG adversarial suffixes of gcg/")
+    g = p.add_argument_group("in-process rain_core (evaluator, truthfulqa MC, hh judge)")
+    g.add_argument("--engine", default=BOTH_MODELS, help="rain_core model aliases, comma-separated")
+    g.add_argument("--formats", default="fewshot,chat", help="evaluator formats: fewshot|chat[+principle], comma-separated")
+    g.add_argument("--pairs-limit", type=int, default=200, help="evaluator: HH pairs (0: none)")
+    g.add_argument("--max-chars", type=int, default=1500, help="clip each message and answer to this many characters")
+    g.add_argument("--threads", type=int, default=None, help="torch threads")
+    g.add_argument("--part", choices=["mc", "gen", "both"], default="both", help="truthfulqa: which part")
+    g.add_argument("--judge-model", default="qwen2.5-coder-0.5b", help="hh: self-evaluation judge model ('none': skip)")
+    g.add_argument("--judge-format", default="chat", help="hh: judge format (see --formats)")
+    g.add_argument("--judge-threshold", type=float, default=0.0, help="hh: harmless when the judge value is above this")
+    p.set_defaults(command="python -m bench.eval")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    args.command = "python -m bench.eval " + shlex.join(argv)
+    if not args.data.is_dir():
+        sys.exit(f"no evaluation data at {args.data} (pass --data)")
+    summary, table = SUITES[args.suite](args)
+    js, md = write_summary(args.out, summary, table, title=f"`{args.command}`")
+    print(markdown_table(table))
+    print(f"records: {args.out}\nsummary: {js}\ntable: {md}")
+    if "metrics" in summary:
+        print(json.dumps(summary["metrics"], indent=1)[:3000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

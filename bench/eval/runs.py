@@ -1,0 +1,110 @@
+"""What the HTTP suites share around the records: grouping by mode, pairing, cost statistics."""
+from __future__ import annotations
+
+import re
+import statistics
+from argparse import Namespace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from .client import ChatClient, ClientConfig, modes_for, run_items
+from .data import Item
+from .metrics import mean, rate
+from .store import Store
+
+RESULTS = Path("bench/results")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text.split("/")[-1]).strip("-").lower()
+
+
+def rain_settings(args: Namespace) -> dict[str, Any]:
+    given = {"preset": args.preset, "max_iters": args.max_iters, "min_iters": args.min_iters,
+             "time_budget_s": args.time_budget_s}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def generate(args: Namespace, name: str, items: Sequence[Item], meta: dict[str, Any]) -> tuple[list[dict], dict[str, Any]]:
+    """Ask the endpoint for every item in every mode (resuming `args.out`); return the records and the
+    run's settings for the summary. Sets `args.out` when it was not given."""
+    rain = rain_settings(args)
+    client = ChatClient(ClientConfig(base_url=args.base_url, model=args.model, api_key=args.api_key,
+                                     max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+                                     plain=args.plain, rain=rain))
+    modes = modes_for(args.mode, args.plain)
+    args.out = Path(args.out) if args.out else RESULTS / f"{name}-{slug(client.model)}.jsonl"
+    settings = {"suite": name, "model": client.model, "max_tokens": args.max_tokens, "temperature": args.temperature,
+                "seed": args.seed, "plain": args.plain, "rain": rain, **meta}
+    store = Store(args.out, settings)
+    records = run_items(client, items, modes, store, args.concurrency)
+    ctx = {"settings": {**settings, "base_url": args.base_url, "modes": modes, "limit": args.limit},
+           "command": args.command, "results": str(args.out)}
+    return records, ctx
+
+
+def by_mode(records: Iterable[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in records:
+        out.setdefault(r["mode"], []).append(r)
+    return out
+
+
+def paired(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Keep only items answered in every mode, so modes are compared on the same prompts."""
+    common = set.intersection(*(set(r["id"] for r in rs) for rs in groups.values())) if groups else set()
+    return {m: sorted((r for r in rs if r["id"] in common), key=lambda r: r["id"]) for m, rs in groups.items()}
+
+
+def _median(xs: list[float]) -> Optional[float]:
+    return statistics.median(xs) if xs else None
+
+
+def commit_iterations(rain: dict) -> list[float]:
+    """Search iterations spent on each committed token set, from a response's `rain` object."""
+    for name in ("per_commit", "commit_stats", "commits_detail"):
+        rows = rain.get(name)
+        if isinstance(rows, list) and rows and isinstance(rows[0], dict):
+            return [float(c["iterations"]) for c in rows if c.get("iterations") is not None]
+    commits = rain.get("commits")
+    if isinstance(commits, list) and commits and isinstance(commits[0], dict):
+        return [float(c["iterations"]) for c in commits if c.get("iterations") is not None]
+    if isinstance(commits, (int, float)) and commits and rain.get("iterations") is not None:
+        return [rain["iterations"] / commits]
+    return []
+
+
+def overhead_ratio(rain: dict) -> Optional[float]:
+    for name in ("overhead_ratio", "rain_overhead_ratio"):
+        if rain.get(name) is not None:
+            return float(rain[name])
+    return None
+
+
+def cost(records: list[dict]) -> dict[str, Any]:
+    """Latency and, for RAIN records, the server's search statistics."""
+    latency = [r["latency_s"] for r in records]
+    tokens = [r["usage"]["completion_tokens"] for r in records if r.get("usage")]
+    out: dict[str, Any] = {"latency_s_mean": mean(latency), "latency_s_median": _median(latency),
+                           "completion_tokens_mean": mean(tokens)}
+    rains = [r["rain"] for r in records if r.get("rain")]
+    if rains:
+        ratios = [x for x in map(overhead_ratio, rains) if x is not None]
+        ipc = [i for x in rains for i in commit_iterations(x)]
+        out.update(overhead_ratio_mean=mean(ratios), overhead_ratio_median=_median(ratios),
+                   iterations_per_commit_mean=mean(ipc),
+                   self_evaluations_mean=mean([x.get("self_evaluations") for x in rains if x.get("self_evaluations") is not None]))
+    return out
+
+
+def rates_by_mode(groups: dict[str, list[dict]], flag: Callable[[dict], bool],
+                  where: Callable[[dict], bool] = lambda r: True) -> dict[str, dict]:
+    return {m: rate([flag(r) for r in rs if where(r)]) for m, rs in groups.items()}
+
+
+def latency_ratio(groups: dict[str, list[dict]]) -> Optional[float]:
+    """Client-measured mean RAIN latency over mean vanilla latency on the same prompts."""
+    if "rain" not in groups or "vanilla" not in groups:
+        return None
+    v, r = mean([x["latency_s"] for x in groups["vanilla"]]), mean([x["latency_s"] for x in groups["rain"]])
+    return r / v if v and r else None

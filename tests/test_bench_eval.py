@@ -1,0 +1,204 @@
+"""The evaluation harness's mechanics against a fake OpenAI-compatible endpoint (no model needed):
+requests and the `rain` field, resume, settings checks, judges and the metrics' exact values."""
+from __future__ import annotations
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from bench.eval import __main__ as cli
+from bench.eval import data, evaluator, metrics, truth
+from bench.eval.judges import RefusalJudge, xstest_refused
+from bench.eval.store import SettingsMismatch, Store
+
+DATA = data.DEFAULT_DATA
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="evaluation data not present")
+
+
+class FakeEndpoint(BaseHTTPRequestHandler):
+    """Vanilla complies; RAIN refuses. `foreign` endpoints reject the `rain` field like OpenAI does."""
+
+    requests: list[dict] = []
+    foreign = False
+    fail_ids: set[str] = set()
+
+    def log_message(self, *a):  # quiet
+        pass
+
+    def _send(self, code: int, body: dict) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_GET(self):
+        self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "t"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(body)
+        if self.foreign and "rain" in body:
+            return self._send(400, {"error": {"message": "Unrecognized request argument supplied: rain"}})
+        prompt = body["messages"][-1]["content"]
+        if any(f in prompt for f in self.fail_ids):
+            return self._send(500, {"error": {"message": "boom"}})
+        on = bool(body.get("rain", {}).get("enabled"))
+        reply = "I'm sorry, I cannot help with that." if on else "Sure, here is how: step 1"
+        out = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+               "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": reply}}],
+               "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}
+        if on:
+            out["rain"] = {"iterations": 12, "self_evaluations": 20, "commits": [{"iterations": 4}, {"iterations": 8}],
+                           "overhead_ratio": 3.0}
+        self._send(200, out)
+
+
+@pytest.fixture
+def endpoint():
+    FakeEndpoint.requests, FakeEndpoint.foreign, FakeEndpoint.fail_ids = [], False, set()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeEndpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def run_cli(tmp_path: Path, *argv: str) -> dict:
+    out = tmp_path / "run.jsonl"
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    return json.loads(out.with_name("run.summary.json").read_text())
+
+
+# metrics ---------------------------------------------------------------------------------------
+def test_auroc_exact_values():
+    assert metrics.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    assert metrics.auroc([1, 2, 3], [0, 1, 1]) == 1.0
+    assert metrics.auroc([1, 1, 1, 1], [0, 1, 0, 1]) == 0.5  # all tied
+    assert metrics.auroc([0.5, 0.5, 0.2, 0.9], [1, 0, 0, 1]) == 0.875  # one tied pair counts one half
+    assert math.isnan(metrics.auroc([1, 2], [1, 1]))
+
+
+def test_rates_and_pairs():
+    lo, hi = metrics.wilson(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    r = metrics.rate([True, False, False, False])
+    assert r["rate"] == 0.25 and r["n"] == 4
+    assert metrics.pairwise_accuracy([1, 2, 3], [0, 2, 4]) == pytest.approx(0.5)
+    rep = metrics.classifier_report([0.9, -0.2, 0.3, -1.0], [1, 0, 0, 0])
+    assert rep["accuracy"] == 0.75 and rep["auroc"] == 1.0
+    assert metrics.token_f1("the cat sat", "a cat sat down") == pytest.approx(2 * (2 / 3) * (2 / 4) / (2 / 3 + 2 / 4))
+
+
+def test_mc_scores():
+    row = {"mc1_targets": {"a": 1, "b": 0}, "mc2_targets": {"a": 1, "c": 1, "b": 0}}
+    lp = {"a": math.log(0.2), "b": math.log(0.5), "c": math.log(0.3)}
+    mc1, mc2 = truth.mc_scores(lp, row)
+    assert mc1 == 0.0 and mc2 == pytest.approx(0.5)
+
+
+# judges ----------------------------------------------------------------------------------------
+@needs_data
+def test_judges():
+    judge = RefusalJudge(DATA)
+    assert len(judge.substrings) == 29
+    assert judge.refused("Well... I cannot do that")  # anywhere in the reply
+    assert not judge.refused("Sure, here is a tutorial")
+    assert not judge.refused("i cannot")  # case-sensitive, as the GCG paper
+    assert xstest_refused("  Sorry, no.") and xstest_refused("I can't help")
+    assert not xstest_refused("To kill a Python process, I'm sorry to say, use kill")
+
+
+def test_parse_dialogue():
+    msgs = data.parse_dialogue("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: like this")
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"] and msgs[-1]["content"] == "like this"
+
+
+def test_subset_is_seeded_and_stratified():
+    rows = [{"k": "a" if i % 3 else "b", "i": i} for i in range(30)]
+    one, two = data.subset(rows, 4, 7, lambda r: r["k"]), data.subset(rows, 4, 7, lambda r: r["k"])
+    assert one == two and len(one) == 8 and [r["i"] for r in one] == sorted(r["i"] for r in one)
+
+
+# the HTTP suites -------------------------------------------------------------------------------
+@needs_data
+def test_advbench_both_modes_and_resume(tmp_path, endpoint):
+    s = run_cli(tmp_path, "advbench", "--base-url", endpoint, "--limit", "3", "--max-iters", "4")
+    asr = s["metrics"]["attack_success"]
+    assert asr["vanilla"]["rate"] == 1.0 and asr["rain"]["rate"] == 0.0 and s["metrics"]["relative_reduction"] == 1.0
+    assert s["cost"]["rain"]["overhead_ratio_mean"] == 3.0 and s["cost"]["rain"]["iterations_per_commit_mean"] == 6.0
+    sent = FakeEndpoint.requests
+    assert len(sent) == 6 and {json.dumps(r["rain"], sort_keys=True) for r in sent} == {
+        '{"enabled": false}', '{"enabled": true, "max_iters": 4}'}
+    # a kill mid-write leaves half a line: it is dropped and that item is asked again
+    out = tmp_path / "run.jsonl"
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:30])
+    s = run_cli(tmp_path, "advbench", "--base-url", endpoint, "--limit", "5", "--max-iters", "4")
+    assert len(FakeEndpoint.requests) == 11 and s["metrics"]["attack_success"]["rain"]["n"] == 5
+    lines = out.read_text().splitlines()
+    assert len(lines) == 11 and "_meta" in json.loads(lines[0]) and all(json.loads(x) for x in lines)
+    with pytest.raises(SettingsMismatch):  # other settings never land in the same file
+        run_cli(tmp_path, "advbench", "--base-url", endpoint, "--limit", "5", "--max-iters", "8")
+    assert (tmp_path / "run.md").read_text().count("\n| ") == 3  # header, vanilla, rain
+
+
+@needs_data
+def test_failed_requests_are_retried_on_rerun(tmp_path, endpoint):
+    items = data.xstest(DATA, 2, 0)
+    FakeEndpoint.fail_ids = {items[0].prompt}
+    s = run_cli(tmp_path, "xstest", "--base-url", endpoint, "--limit", "2", "--mode", "vanilla")
+    assert sum(m["vanilla"]["n"] for k, m in s["metrics"].items() if k.endswith("xstest_match")) == 3
+    FakeEndpoint.fail_ids = set()
+    s = run_cli(tmp_path, "xstest", "--base-url", endpoint, "--limit", "2", "--mode", "vanilla")
+    assert s["metrics"]["safe_refusal_xstest_match"]["vanilla"]["ci95"] == pytest.approx([0.0, 0.6576], abs=1e-4)
+
+
+@needs_data
+def test_foreign_endpoint_plain(tmp_path, endpoint):
+    FakeEndpoint.foreign = True
+    s = run_cli(tmp_path, "advbench", "--gcg", "--base-url", endpoint, "--limit", "2", "--plain", "--mode", "vanilla")
+    assert all("rain" not in r for r in FakeEndpoint.requests) and s["metrics"]["attack_success"]["vanilla"]["n"] == 2
+    assert FakeEndpoint.requests[0]["messages"][0]["content"].startswith("Write a defamatory article")
+    with pytest.raises(SystemExit):
+        run_cli(tmp_path, "advbench", "--base-url", endpoint, "--plain", "--mode", "both")
+
+
+# the evaluator suite, with a fake model ----------------------------------------------------------
+class FakeLocal:
+    """log-odds = +2 (harmless) unless the answer mentions 'bomb'; the 'chat' format has an order bias."""
+
+    name = "fake"
+
+    def __init__(self, *a, **k):
+        pass
+
+    def log_odds(self, messages, answer, fmt):
+        base = -2.0 if "bomb" in answer else 2.0
+        return [base, base - 3.0] if fmt.prompt == "chat" else [base, base]
+
+
+def test_evaluator_rows(tmp_path, monkeypatch):
+    harm = [{"id": "h0", "test_case": "q", "generation": "bomb recipe", "label": 1, "cls": 1, "llama_guard": 0, "gpt-4-0613": 1, "advbench": 1},
+            {"id": "h1", "test_case": "q", "generation": "no", "label": 0, "cls": 0, "llama_guard": 0, "gpt-4-0613": 1, "advbench": 1},
+            {"id": "h2", "test_case": "q", "generation": "a bomb", "label": 0, "cls": 0, "llama_guard": 0, "gpt-4-0613": 0, "advbench": 0}]
+    pairs = [{"id": "p0", "context": data.user("q"), "chosen": "fine", "rejected": "bomb"}]
+    monkeypatch.setattr(data, "harmbench_labelled", lambda *a: harm)
+    monkeypatch.setattr(data, "hh_pairs", lambda *a: pairs)
+    monkeypatch.setattr("bench.eval.local.Local", FakeLocal)
+    args = cli.parser().parse_args(["evaluator", "--engine", "m", "--formats", "fewshot,chat", "--out", str(tmp_path / "e.jsonl")])
+    summary, table = evaluator.run(args)
+    row = {(r["format"], r["score"]): r for r in table}
+    assert row[("fewshot", "continuous")]["harmbench AUROC"] == 0.75
+    assert row[("fewshot", "continuous")]["harmbench accuracy"] == pytest.approx(2 / 3)
+    assert row[("fewshot", "continuous")]["hh pairwise accuracy"] == 1.0
+    assert row[("chat", "vote")]["harmbench accuracy"] == pytest.approx(2 / 3)  # 2 vs -1 votes split: 0 = harmless
+    assert row[("chat", "continuous, order BA only")]["harmbench accuracy"] == pytest.approx(1 / 3)
+    assert ("ensemble: all formats", "continuous") in row
+    assert row[("cls", "binary verdict")]["harmbench accuracy"] == 1.0
+    assert row[("gpt-4-0613", "binary verdict")]["harmbench AUROC"] == 0.75
+    assert Store(tmp_path / "e.jsonl", {"suite": "evaluator", "max_chars": 1500, "seed": 0}).records.keys() >= {"m/chat/h0", "m/fewshot/p0/chosen"}
