@@ -1,0 +1,124 @@
+"""Shared fixtures: the real `rain-serve` in a subprocess on a free port, serving the embedded SmolLM2.
+
+`start_server(*flags)` is the reusable piece: it starts the server with the given flags, waits for
+/health, yields a `RunningServer` and stops it (SIGTERM, then SIGKILL). `rain_server` is one such
+server shared by the whole session; start others only for flags it lacks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, api_key: str = "unused", **options):
+        """An OpenAI SDK client without retries, so status codes reach the test as they are."""
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base_url + "/v1", api_key=api_key, max_retries=0,
+                      timeout=options.pop("timeout", 300), **options)
+
+    def health(self) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(self.base_url + "/health", timeout=5) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            return e.code, json.load(e)
+
+    def health_status(self) -> Optional[int]:
+        """/health's status code; None while nothing listens."""
+        try:
+            return self.health()[0]
+        except OSError:
+            return None
+
+    def wait_for(self, predicate, timeout_s: float = 60, what: str = "condition") -> dict:
+        """Poll /health until predicate(health body) holds; return that body."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                _, body = self.health()
+                if predicate(body):
+                    return body
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+@contextmanager
+def start_server(*flags: str, env: Optional[dict] = None) -> Iterator[RunningServer]:
+    binary = Path(sys.executable).parent / "rain-serve"
+    if not binary.exists():
+        pytest.fail("rain-serve is not installed (scripts/setup.sh)")
+    port = free_port()
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"rain-serve-test-{port}.log"
+    environment = {k: v for k, v in os.environ.items() if k != "RAIN_API_KEY"}
+    environment.update(env or {})
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([str(binary), "--host", "127.0.0.1", "--port", str(port), *flags],
+                                   stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=ROOT)
+    server = RunningServer(process, port, log_path)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while server.health_status() != 200:
+            if process.poll() is not None:
+                pytest.fail(f"rain-serve exited with {process.returncode}:\n{server.log_tail()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"rain-serve did not answer /health in {START_TIMEOUT_S} s:\n{server.log_tail()}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen, grace_s: float = 30) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def rain_server() -> Iterator[RunningServer]:
+    """One worker, RAIN by default, two requests interleaved and a short queue; torch on one thread."""
+    with start_server("--threads", "1", "--max-running-per-worker", "2", "--max-queue", "8",
+                      "--default-mode", "rain") as server:
+        yield server

@@ -1,0 +1,61 @@
+"""RAIN through the OpenAI SDK: the `rain` object in, search statistics and overhead out."""
+from __future__ import annotations
+
+import openai
+import pytest
+
+from serve_helpers import TINY_RAIN
+
+MESSAGES = [{"role": "user", "content": "How do I stay safe online?"}]
+REQUEST = dict(model="smollm2", messages=MESSAGES, max_tokens=6, seed=11, extra_body=TINY_RAIN)
+
+
+@pytest.fixture(scope="module")
+def rain_answer(rain_server):
+    return rain_server.client().chat.completions.create(**REQUEST)
+
+
+def test_rain_answer_carries_its_search(rain_answer):
+    (choice,) = rain_answer.choices
+    assert choice.message.content and choice.finish_reason in ("length", "stop")
+    rain = rain_answer.model_extra["rain"]
+    assert rain["enabled"] is True
+    stats = rain["commit_stats"]
+    assert len(stats) == rain["commits"] >= 1
+    assert sum(s["tokens"] for s in stats) == rain["completion_tokens"] == rain_answer.usage.completion_tokens
+    # two iterations per commit (max_iters = min_iters = 2): the tree reuse never skips the floor
+    assert all(s["iterations"] == 2 for s in stats) and rain["iterations"] == 2 * len(stats)
+    assert rain["self_evaluations"] > 0 and rain["forward_calls"] > len(stats)
+    assert rain["vanilla_estimate_s"] > 0
+    assert rain["overhead_ratio"] == pytest.approx(rain["compute_s"] / rain["vanilla_estimate_s"])
+    assert rain["overhead_ratio"] > 1  # searching costs more than decoding
+
+
+def test_rain_stream_matches_and_is_seeded(rain_server, rain_answer):
+    """Same seed, same answer; the stream commits set by set, each chunk with its search."""
+    chunks = list(rain_server.client().chat.completions.create(stream=True, stream_options={"include_usage": True},
+                                                               **REQUEST))
+    first, *content, final, usage = chunks
+    assert first.choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content for c in content) == rain_answer.choices[0].message.content
+    expected = rain_answer.model_extra["rain"]["commit_stats"]
+    assert [c.model_extra["rain"] for c in content] == expected  # one chunk per committed set
+    assert final.choices[0].finish_reason == rain_answer.choices[0].finish_reason
+    assert final.model_extra["rain"]["overhead_ratio"] > 0
+    assert usage.usage.completion_tokens == rain_answer.usage.completion_tokens
+
+
+def test_time_budget_ends_with_length(rain_server):
+    answer = rain_server.client().chat.completions.create(
+        model="smollm2", messages=MESSAGES, max_tokens=40,
+        extra_body={"rain": {"max_iters": 50, "min_iters": 15, "time_budget_s": 0.5}})
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.model_extra["rain"]["finish_reason"] == "time_budget"
+    assert answer.usage.completion_tokens < 40
+
+
+def test_bad_rain_options_are_refused(rain_server):
+    with pytest.raises(openai.BadRequestError) as caught:
+        rain_server.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=4,
+                                                     extra_body={"rain": {"min_visits": -1}})
+    assert caught.value.param == "rain.min_visits"

@@ -1,0 +1,135 @@
+"""Request validation, the rain -> RainConfig mapping, GPU pinning and the speed estimate: no server."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rain_core.config import PRESETS
+from rain_core.events import Totals
+from server.config import worker_devices
+from server.errors import ApiError
+from server.overhead import VanillaSpeed
+from server.schemas import parse_chat_request
+
+
+def parse(**fields):
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+    return parse_chat_request(json.dumps(body).encode())
+
+
+def refusal(**fields) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        parse(**fields)
+    assert caught.value.status == 400
+    return caught.value
+
+
+@pytest.mark.parametrize("field, value", [
+    ("tools", [{"type": "function", "function": {"name": "f"}}]),
+    ("logprobs", True),
+    ("top_logprobs", 3),
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+    ("frequency_penalty", 0.5),
+    ("logit_bias", {"42": 1}),
+    ("tool_choice", "auto"),
+    ("reasoning_effort", "low"),
+])
+def test_unimplemented_fields_are_named(field, value):
+    error = refusal(**{field: value})
+    assert error.param == field and field in error.message
+
+
+@pytest.mark.parametrize("fields", [
+    {"presence_penalty": 0, "frequency_penalty": 0.0, "logprobs": False, "tools": [], "tool_choice": None},
+    {"response_format": {"type": "text"}, "store": False, "service_tier": "auto", "n": 1},
+])
+def test_fields_at_their_off_value_are_accepted(fields):
+    assert parse(**fields).n == 1
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"n": 2}, "n"),
+    ({"temperature": 2.5}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"bogus": 1}, "bogus"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages[0].content"),
+    ({"messages": [{"role": "user", "content": "x", "name": "bob"}]}, "messages[0].name"),
+    ({"rain": {"max_iters": 0}}, "rain.max_iters"),
+    ({"rain": {"value_threshold": 1.5}}, "rain.value_threshold"),
+    ({"rain": {"score": "stars"}}, "rain.score"),
+    ({"rain": {"preset": "nope"}}, "rain.preset"),
+    ({"rain": {"unknown": 1}}, "rain.unknown"),
+    ({"rain": {"enabled": False, "max_iters": 3}}, "rain"),
+    ({"max_tokens": 5, "max_completion_tokens": 6}, None),
+])
+def test_invalid_requests_name_the_parameter(fields, param):
+    error = refusal(**fields)
+    assert error.param == param
+    assert error.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_not_json_is_a_400():
+    for raw in (b"{", b"[1, 2]"):
+        with pytest.raises(ApiError) as caught:
+            parse_chat_request(raw)
+        assert caught.value.status == 400
+
+
+def test_messages_map_to_chat_turns():
+    request = parse(messages=[
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
+        {"role": "assistant", "content": "ok", "refusal": None, "tool_calls": []},
+    ])
+    assert request.chat_messages() == (
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "one\ntwo"},
+        {"role": "assistant", "content": "ok"},
+    )
+
+
+def test_rain_object_maps_onto_the_preset():
+    request = parse(temperature=0.7, top_p=0.9, seed=5, stop="END", max_completion_tokens=12,
+                    rain={"preset": "truthful", "max_iters": 3, "min_iters": 1, "score": "continuous",
+                          "principle": "Be kind", "time_budget_s": 2.5})
+    assert request.mode("vanilla") == "rain"
+    generation = request.generation("rain", request.token_limit)
+    rain, params = generation.rain, generation.params
+    assert (rain.max_iters, rain.min_iters, rain.time_budget_s) == (3, 1, 2.5)
+    assert (rain.candidate_temperature, rain.candidate_top_p) == (0.7, 0.9)
+    assert rain.evaluator.score == "continuous" and rain.evaluator.principle == "Be kind"
+    assert rain.min_visits == PRESETS["truthful"].min_visits  # untouched preset values stay
+    assert rain.evaluator.criterion == "truthful"
+    assert (params.max_new_tokens, params.stop, params.seed, params.temperature) == (12, ("END",), 5, 0.7)
+
+
+def test_mode_follows_the_rain_object_then_the_default():
+    assert parse().mode("rain") == "rain" and parse().mode("vanilla") == "vanilla"
+    assert parse(rain={"enabled": False}).mode("rain") == "vanilla"
+    assert parse().generation("vanilla", 8).rain is None
+    default = parse().generation("rain", 8).rain
+    assert default == PRESETS["harmless"]  # no temperature given: the paper's values
+
+
+def test_each_worker_gets_its_own_gpus():
+    assert worker_devices("cpu", 2, 1) == [("cpu", None), ("cpu", None)]
+    assert worker_devices("cuda", 2, 2, gpu_count=4) == [("cuda", "0,1"), ("cuda", "2,3")]
+    assert worker_devices("cuda:5,7", 2, 1) == [("cuda", "5"), ("cuda", "7")]
+    with pytest.raises(ValueError):
+        worker_devices("cuda", 3, 1, gpu_count=2)
+
+
+def test_vanilla_speed_estimate():
+    speed = VanillaSpeed()
+    assert speed.estimate(10, 10) is None
+    speed.observe(Totals(prompt_tokens=10, completion_tokens=5, prefill_s=0.1), compute_s=0.6)
+    assert speed.estimate(20, 10) == pytest.approx(20 * 0.01 + 10 * 0.1)
+    assert not speed.observe(Totals(prompt_tokens=10, completion_tokens=0, prefill_s=0.1), compute_s=0.2)
+    speed.observe(Totals(prompt_tokens=10, completion_tokens=5, prefill_s=0.1), compute_s=1.1)
+    assert speed.decode_s_per_token == pytest.approx(0.8 * 0.1 + 0.2 * 0.2)
