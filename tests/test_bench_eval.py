@@ -128,6 +128,7 @@ def test_subset_is_seeded_and_stratified():
 @needs_data
 def test_advbench_both_modes_and_resume(tmp_path, endpoint):
     s = run_cli(tmp_path, "advbench", "--base-url", endpoint, "--limit", "3", "--max-iters", "4")
+    assert s["settings"]["rain"] == {"max_iters": 4}
     asr = s["metrics"]["attack_success"]
     assert asr["vanilla"]["rate"] == 1.0 and asr["rain"]["rate"] == 0.0 and s["metrics"]["relative_reduction"] == 1.0
     assert s["cost"]["rain"]["overhead_ratio_mean"] == 3.0 and s["cost"]["rain"]["iterations_per_commit_mean"] == 6.0
@@ -202,3 +203,16 @@ def test_evaluator_rows(tmp_path, monkeypatch):
     assert row[("cls", "binary verdict")]["harmbench accuracy"] == 1.0
     assert row[("gpt-4-0613", "binary verdict")]["harmbench AUROC"] == 0.75
     assert Store(tmp_path / "e.jsonl", {"suite": "evaluator", "max_chars": 1500, "seed": 0}).records.keys() >= {"m/chat/h0", "m/fewshot/p0/chosen"}
+
+
+@needs_data
+def test_report_plots(tmp_path, endpoint):
+    from bench import report
+
+    for suite in ("advbench", "xstest"):
+        out = tmp_path / f"{suite}.jsonl"
+        cli.main([suite, "--base-url", endpoint, "--limit", "2", "--out", str(out), "--rain-option", "iteration_cap=3"])
+    assert FakeEndpoint.requests[-1]["rain"] == {"enabled": True, "iteration_cap": 3}
+    assert report.main([str(p) for p in tmp_path.glob("*.summary.json")] + ["--out", str(tmp_path / "plots")]) == 0
+    made = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert made == ["attack_success.png", "harmlessness_vs_overrefusal.png", "iterations_per_commit.png", "overhead_ratio.png"]

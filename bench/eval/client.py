@@ -75,7 +75,7 @@ class ChatClient:
         latency = time.perf_counter() - started
         body = resp.model_dump()
         rain = body.get("rain")
-        if mode == "rain" and not rain:
+        if mode == "rain" and not (rain and rain.get("enabled", True)):
             raise RuntimeError("the endpoint answered without a `rain` object: it does not run RAIN; use --plain --mode vanilla")
         choice = body["choices"][0]
         return {"reply": choice["message"]["content"] or "", "finish_reason": choice.get("finish_reason"),

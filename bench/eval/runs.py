@@ -1,6 +1,7 @@
 """What the HTTP suites share around the records: grouping by mode, pairing, cost statistics."""
 from __future__ import annotations
 
+import json
 import re
 import statistics
 from argparse import Namespace
@@ -22,6 +23,12 @@ def slug(text: str) -> str:
 def rain_settings(args: Namespace) -> dict[str, Any]:
     given = {"preset": args.preset, "max_iters": args.max_iters, "min_iters": args.min_iters,
              "time_budget_s": args.time_budget_s}
+    for option in getattr(args, "rain_option", []):
+        name, _, value = option.partition("=")
+        try:
+            given[name] = json.loads(value)
+        except json.JSONDecodeError:
+            given[name] = value
     return {k: v for k, v in given.items() if v is not None}
 
 

@@ -1,0 +1,162 @@
+"""`python -m bench.report [SUMMARY.json ...] --out DIR`: PNG plots from `bench.eval` results.
+
+- harmlessness_vs_overrefusal.png: per model, vanilla -> RAIN, harmlessness (HH judge, else 1 - AdvBench
+  attack success) against XSTest safe-prompt refusal (like the RAIN paper's harmlessness figure);
+- attack_success.png: AdvBench attack success by model and mode, with 95% intervals;
+- overhead_ratio.png: distribution of the server's `overhead_ratio` (RAIN latency / vanilla estimate);
+- iterations_per_commit.png: distribution of search iterations behind each committed token set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .eval.runs import commit_iterations, overhead_ratio  # noqa: E402
+
+COLORS = {"vanilla": "#888888", "rain": "#1f77b4"}
+
+
+def load(paths: Sequence[Path]) -> list[dict]:
+    out = []
+    for p in paths:
+        s = json.loads(Path(p).read_text())
+        if "settings" in s and "suite" in s["settings"]:
+            out.append(s)
+    return out
+
+
+def _by(summaries: list[dict], suite: str) -> dict[str, dict]:
+    """model -> the (last given) summary of `suite`."""
+    return {s["settings"]["model"]: s for s in summaries if s["settings"]["suite"] == suite}
+
+
+def records(summary: dict) -> list[dict]:
+    path = Path(summary.get("results", ""))
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if "_meta" not in r]
+
+
+def harmless_vs_overrefusal(summaries: list[dict], out: Path) -> Optional[Path]:
+    xs, hh, adv = _by(summaries, "xstest"), _by(summaries, "hh"), _by(summaries, "advbench-gcg") or _by(summaries, "advbench")
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    plotted = False
+    for model, x in xs.items():
+        over = {m: v["rate"] for m, v in x["metrics"]["safe_refusal_xstest_match"].items()}
+        if model in hh and "harmless" in hh[model]["metrics"]:
+            harm, label = {m: v["rate"] for m, v in hh[model]["metrics"]["harmless"].items()}, "HH harmless (judge)"
+        elif model in adv:
+            harm, label = {m: 1 - v["rate"] for m, v in adv[model]["metrics"]["attack_success"].items()}, "1 - AdvBench ASR"
+        else:
+            continue
+        modes = [m for m in ("vanilla", "rain") if m in over and m in harm]
+        for m in modes:
+            ax.scatter(100 * over[m], 100 * harm[m], color=COLORS[m], s=60, zorder=3)
+        if len(modes) == 2:
+            ax.annotate("", xy=(100 * over["rain"], 100 * harm["rain"]), xytext=(100 * over["vanilla"], 100 * harm["vanilla"]),
+                        arrowprops={"arrowstyle": "->", "color": "#444444"})
+        ax.annotate(f"{model}\n({label})", (100 * over[modes[-1]], 100 * harm[modes[-1]]), fontsize=7,
+                    xytext=(5, 5), textcoords="offset points")
+        plotted = True
+    if not plotted:
+        plt.close(fig)
+        return None
+    for m, c in COLORS.items():
+        ax.scatter([], [], color=c, label=m)
+    ax.set(xlabel="XSTest safe prompts refused (%)  <- better", ylabel="harmlessness (%)  better ->",
+           title="Harmlessness vs over-refusal", xlim=(-2, 102), ylim=(-2, 102))
+    ax.legend(loc="lower right")
+    return _save(fig, out / "harmlessness_vs_overrefusal.png")
+
+
+def attack_success(summaries: list[dict], out: Path) -> Optional[Path]:
+    gcg = _by(summaries, "advbench-gcg")
+    suite = gcg or _by(summaries, "advbench")
+    rows = [(model, m, v) for model, s in suite.items() for m, v in s["metrics"]["attack_success"].items()]
+    if not rows:
+        return None
+    models = list(dict.fromkeys(r[0] for r in rows))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(models), 4))
+    for j, mode in enumerate(("vanilla", "rain")):
+        for i, model in enumerate(models):
+            v = next((r[2] for r in rows if r[0] == model and r[1] == mode), None)
+            if v is None:
+                continue
+            y = 100 * v["rate"]
+            err = [[y - 100 * v["ci95"][0]], [100 * v["ci95"][1] - y]]
+            ax.bar(i + (j - 0.5) * 0.38, y, 0.36, yerr=err, color=COLORS[mode], capsize=3, label=mode if i == 0 else None)
+            ax.text(i + (j - 0.5) * 0.38, y + 1, f"{y:.0f}%", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(models)), models, fontsize=8)
+    ax.set(ylabel="attack success (%)", title="AdvBench" + (" + GCG suffixes" if gcg else "") + ": attack success", ylim=(0, 105))
+    ax.legend()
+    return _save(fig, out / "attack_success.png")
+
+
+def _rain_stats(summaries: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """model -> {"overhead": [...], "iterations": [...]} over every HTTP suite's RAIN records."""
+    stats: dict[str, dict[str, list[float]]] = {}
+    for s in summaries:
+        for r in records(s):
+            if r.get("mode") != "rain" or not r.get("rain"):
+                continue
+            st = stats.setdefault(s["settings"]["model"], {"overhead": [], "iterations": []})
+            ratio = overhead_ratio(r["rain"])
+            if ratio is not None:
+                st["overhead"].append(ratio)
+            st["iterations"] += commit_iterations(r["rain"])
+    return stats
+
+
+def histogram(stats: dict[str, dict[str, list[float]]], key: str, xlabel: str, title: str, path: Path) -> Optional[Path]:
+    data = {m: v[key] for m, v in stats.items() if v[key]}
+    if not data:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model, xs in data.items():
+        xs = sorted(xs)
+        ax.hist(xs, bins=30, alpha=0.6, label=f"{model} (n={len(xs)}, median {xs[len(xs) // 2]:.1f})")
+    ax.set(xlabel=xlabel, ylabel="count", title=title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("summaries", nargs="*", type=Path, help="summary JSONs (default: bench/results/*.summary.json)")
+    p.add_argument("--out", type=Path, default=Path("docs/results"))
+    args = p.parse_args(argv)
+    summaries = load(args.summaries or sorted(Path("bench/results").glob("*.summary.json")))
+    stats = _rain_stats(summaries)
+    made = [
+        harmless_vs_overrefusal(summaries, args.out),
+        attack_success(summaries, args.out),
+        histogram(stats, "overhead", "RAIN latency / estimated vanilla latency (overhead_ratio)",
+                  "RAIN overhead per request", args.out / "overhead_ratio.png"),
+        histogram(stats, "iterations", "search iterations per committed token set", "Iterations per commit",
+                  args.out / "iterations_per_commit.png"),
+    ]
+    for path in made:
+        if path:
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
