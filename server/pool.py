@@ -150,7 +150,8 @@ class Pool:
             raise ApiError(503, "no worker is alive; try again shortly", code="no_worker")
         if self._free_slot() is None and len(self.waiting) >= self.max_queue:
             retry = str(self.retry_after())
-            raise ApiError(429, f"the queue is full ({self.max_queue} waiting); retry in {retry} s",
+            raise ApiError(429, f"every worker is busy and the queue is full ({self.max_queue} waiting); "
+                                f"retry in {retry} s",
                            code="queue_full", headers={"Retry-After": retry})
         self.waiting.append(job)
         self._dispatch()
@@ -248,6 +249,7 @@ class Pool:
                     continue
                 while conn.poll() and self._forward(slot, conn):
                     pass
+                process.join(timeout=1)  # reap it, so its exit code is known
                 reported.add(process)
                 self._post(self._on_death, slot, process)
 

@@ -122,3 +122,10 @@ def rain_server() -> Iterator[RunningServer]:
     with start_server("--threads", "1", "--max-running-per-worker", "2", "--max-queue", "8",
                       "--default-mode", "rain") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def launch_server():
+    """`start_server` for test modules that need a server with other flags (conftest is not importable
+    by name from every directory): `with launch_server("--workers", "2") as server: ...`."""
+    return start_server
