@@ -87,18 +87,23 @@ def resolve(model: Optional[str]) -> ModelSource:
     return ModelSource(model, model)
 
 
-def _converted(source: ModelSource, kind: str, convert) -> Path:
+def _converted(source: ModelSource, kind: str, convert) -> Optional[Path]:
     """A GGUF conversion (tokenizer or de-quantised weights) saved once in the cache directory:
-    converting takes seconds to tens of seconds, and every worker and test would pay for it."""
+    converting takes seconds to tens of seconds, and every worker and test would pay for it.
+    None when the cache cannot be written (a read-only image): the caller converts in memory."""
     gguf = Path(source.path) / source.gguf_file
-    saved = cache_dir() / kind / f"{gguf.stem}-{gguf.stat().st_size}"
-    if not (saved / "config.json").exists() and not (saved / "tokenizer_config.json").exists():
-        tmp = saved.with_name(saved.name + f".tmp{os.getpid()}")
-        convert().save_pretrained(tmp)
-        if saved.exists():  # another process got there first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, saved)
+    try:
+        saved = cache_dir() / kind / f"{gguf.stem}-{gguf.stat().st_size}"
+        if not (saved / "config.json").exists() and not (saved / "tokenizer_config.json").exists():
+            tmp = saved.with_name(saved.name + f".tmp{os.getpid()}")
+            convert().save_pretrained(tmp)
+            if saved.exists():  # another process got there first
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, saved)
+    except OSError as exc:
+        log.warning("cannot keep the converted %s of %s in the cache (%s); converting in memory", kind, gguf.name, exc)
+        return None
     return saved
 
 
@@ -108,7 +113,8 @@ def load_tokenizer(source: ModelSource):
     if not source.gguf_file:
         return AutoTokenizer.from_pretrained(source.path)
     convert = lambda: AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)  # noqa: E731
-    return AutoTokenizer.from_pretrained(_converted(source, "tokenizers", convert))
+    saved = _converted(source, "tokenizers", convert)
+    return AutoTokenizer.from_pretrained(saved) if saved else convert()
 
 
 def _dequantized(source: ModelSource):
@@ -130,7 +136,12 @@ def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32",
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
     path = source.path
     if source.gguf_file:
-        path = str(_converted(source, "models", lambda: _dequantized(source)))
+        saved = _converted(source, "models", lambda: _dequantized(source))
+        if saved is None and tp_plan:
+            raise OSError("tensor parallelism over a GGUF model needs a writable RAIN_CACHE_DIR for its conversion")
+        if saved is None:
+            return _dequantized(source).to(device=device, dtype=DTYPES[dtype]).eval()
+        path = str(saved)
     kwargs = dict(dtype=DTYPES[dtype])
     if tp_plan:
         kwargs["tp_plan"] = tp_plan
