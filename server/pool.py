@@ -1,10 +1,9 @@
-"""The API process's side of the workers: spawns them, sends each request to the least-loaded one,
-queues the rest (up to --max-queue), notices a death (failing that worker's requests and restarting
-it), and stops them once the server has drained.
+"""Scheduling over the workers: each request goes to the least-loaded worker with a free slot, the
+rest wait in a queue of up to --max-queue; a dead worker's requests fail and it is restarted; the
+workers are stopped once the server has drained.
 
-All scheduling state lives on the event loop. One thread reads the workers' pipes and process
-sentinels and hands what it reads to the loop, so no lock is needed and the loop never blocks on a
-worker.
+All this state lives on the event loop; the supervisor's reader thread only hands messages and
+deaths over to it, so no lock is needed and the loop never blocks on a worker.
 """
 from __future__ import annotations
 
@@ -12,19 +11,16 @@ import asyncio
 import logging
 import math
 import multiprocessing
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
 from typing import Optional
 
 from rain_core.config import GenerationRequest
 
 from .errors import ApiError
-from .protocol import (Cancel, Cancelled, Done, Failed, FromWorker, Ready, Shutdown, Speed, Submit, ToWorker,
-                       WorkerConfig)
-from .worker import main as worker_main
+from .protocol import Cancel, Cancelled, Done, Failed, FromWorker, Ready, Shutdown, Speed, Submit, WorkerConfig
+from .supervisor import Reader, WorkerSlot
 
 log = logging.getLogger("rain_serve.pool")
 
@@ -48,51 +44,6 @@ class Job:
     finished: bool = False  # its last event is queued, or nobody waits for it any more
 
 
-class WorkerSlot:
-    """One worker as the API sees it; its process is replaced on every restart."""
-
-    def __init__(self, index: int, config: WorkerConfig):
-        self.index = index
-        self.config = config
-        self.process: Optional[multiprocessing.Process] = None
-        self.conn: Optional[Connection] = None
-        self.ready = False
-        self.pid: Optional[int] = None
-        self.running: set[str] = set()
-        self.speed: Optional[Speed] = None
-        self.restarts = 0
-        self.deaths_unready = 0
-
-    def start(self, ctx) -> None:
-        conn, child = ctx.Pipe()
-        process = ctx.Process(target=worker_main, args=(self.index, self.config, child), name=f"rain-worker-{self.index}")
-        process.start()
-        child.close()
-        self.conn, self.pid = conn, process.pid
-        self.process = process  # last: the reader thread watches a slot once its process is set
-
-    def send(self, message: ToWorker) -> None:
-        try:
-            self.conn.send(message)
-        except (OSError, ValueError):  # it just died: the reader thread reports that
-            pass
-
-    def describe(self) -> dict:
-        speed = self.speed
-        return {
-            "index": self.index,
-            "pid": self.pid,
-            "alive": self.ready,
-            "running": len(self.running),
-            "restarts": self.restarts,
-            "vanilla_speed": speed and {
-                "prefill_s_per_token": speed.prefill_s_per_token,
-                "decode_s_per_token": speed.decode_s_per_token,
-                "samples": speed.samples,
-            },
-        }
-
-
 class Pool:
     def __init__(self, configs: list[WorkerConfig], max_running: int, max_queue: int):
         self.slots = [WorkerSlot(i, c) for i, c in enumerate(configs)]
@@ -105,7 +56,7 @@ class Pool:
         self._ctx = multiprocessing.get_context("spawn")  # CUDA and torch threads do not survive fork
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._closing = False
-        self._reader = threading.Thread(target=self._read_workers, name="worker-reader", daemon=True)
+        self._reader: Optional[Reader] = None
 
     # counts for /health and the gauges ------------------------------------------------------------
     def alive(self) -> int:
@@ -119,11 +70,12 @@ class Pool:
         self._loop = asyncio.get_running_loop()
         for slot in self.slots:
             slot.start(self._ctx)
-        self._reader.start()
+        self._reader = Reader(self.slots, self._loop, self._on_message, self._on_death)
 
     async def close(self) -> None:
         """Stop the workers; called once the server has drained its requests."""
         self._closing = True
+        self._reader.stop()
         for job in list(self.waiting) + list(self.running.values()):
             self._fail(job, ApiError(503, "the server is shutting down", code="shutting_down"))
         for slot in self.slots:
@@ -229,40 +181,3 @@ class Pool:
         if not self._closing:
             slot.restarts += 1
             slot.start(self._ctx)
-
-    # the reader thread -----------------------------------------------------------------------
-    def _read_workers(self) -> None:
-        """Hand every message to the loop; report a death once the dead worker's last words are in."""
-        reported: set[multiprocessing.Process] = set()  # whose death was reported
-        while not self._closing:
-            watched = {}
-            for slot in self.slots:
-                process, conn = slot.process, slot.conn
-                if process is not None and process not in reported and not conn.closed:  # closed: mid-restart
-                    watched[conn] = watched[process.sentinel] = (slot, process, conn)
-            if not watched:
-                time.sleep(0.2)
-                continue
-            for handle in wait(list(watched), timeout=0.2):
-                slot, process, conn = watched[handle]
-                if process in reported or (handle is conn and self._forward(slot, conn)):
-                    continue
-                while conn.poll() and self._forward(slot, conn):
-                    pass
-                process.join(timeout=1)  # reap it, so its exit code is known
-                reported.add(process)
-                self._post(self._on_death, slot, process)
-
-    def _forward(self, slot: WorkerSlot, conn: Connection) -> bool:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return False
-        self._post(self._on_message, slot, message)
-        return True
-
-    def _post(self, callback, *args) -> None:
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop is closed: the server is exiting
-            pass

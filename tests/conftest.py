@@ -118,9 +118,10 @@ def stop(process: subprocess.Popen, grace_s: float = 30) -> None:
 
 @pytest.fixture(scope="session")
 def rain_server() -> Iterator[RunningServer]:
-    """One worker, RAIN by default, two requests interleaved and a short queue; torch on one thread."""
+    """One worker, RAIN by default, two requests interleaved and a short queue, every RAIN request
+    re-decoded by vanilla decoding when idle; torch on one thread."""
     with start_server("--threads", "1", "--max-running-per-worker", "2", "--max-queue", "8",
-                      "--default-mode", "rain") as server:
+                      "--default-mode", "rain", "--shadow-vanilla-rate", "1") as server:
         yield server
 
 

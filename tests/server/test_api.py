@@ -74,7 +74,7 @@ def test_seed_makes_sampling_repeatable(rain_server):
     client = rain_server.client()
 
     def sample(seed, stream=False):
-        kwargs = dict(model="smollm2", messages=[{"role": "user", "content": "Write a word."}], max_tokens=16,
+        kwargs = dict(model="smollm2", messages=[{"role": "user", "content": "Write a word."}], max_tokens=10,
                       temperature=1.0, top_p=0.95, seed=seed, extra_body=VANILLA)
         if stream:
             return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kwargs))
@@ -83,7 +83,7 @@ def test_seed_makes_sampling_repeatable(rain_server):
     first = sample(1234)
     assert sample(1234) == first
     assert sample(1234, stream=True) == first
-    assert {sample(seed) for seed in (1, 2, 3)} != {first}  # other seeds do sample
+    assert {sample(seed) for seed in (1, 2)} != {first}  # other seeds do sample
 
 
 @pytest.mark.parametrize("fields, param, code", [

@@ -59,3 +59,13 @@ def test_bad_rain_options_are_refused(rain_server):
         rain_server.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=4,
                                                      extra_body={"rain": {"min_visits": -1}})
     assert caught.value.param == "rain.min_visits"
+
+
+def test_shadow_vanilla_decoding_refreshes_the_speed_estimate(rain_server, rain_answer):
+    """rain_server re-decodes every RAIN request with vanilla decoding once the worker is idle."""
+    def samples(health: dict) -> int:
+        return health["workers"][0]["vanilla_speed"]["samples"]
+
+    before = samples(rain_server.wait_for(lambda h: h["running"] == 0))
+    rain_server.client().chat.completions.create(**{**REQUEST, "max_tokens": 2})
+    rain_server.wait_for(lambda h: samples(h) > before, timeout_s=30, what="a shadow vanilla re-decode")

@@ -43,13 +43,13 @@ def test_non_streamed_disconnect_frees_the_worker(rain_server):
 
 
 def test_concurrent_clients_get_their_own_answers(rain_server):
-    """Six clients on two interleaved slots and the queue: each gets what it gets alone."""
+    """Four clients on two interleaved slots and the queue: each gets what it gets alone."""
     client = rain_server.client()
-    topics = ["a fruit", "a city", "an animal", "a colour", "a planet", "a tree"]
+    topics = ["a fruit", "a city", "an animal", "a planet"]
 
     def ask(topic: str) -> tuple[str, int]:
         answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"Name {topic}."}],
-                                                max_tokens=10, extra_body=VANILLA)
+                                                max_tokens=8, extra_body=VANILLA)
         return answer.choices[0].message.content, answer.usage.completion_tokens
 
     with ThreadPoolExecutor(len(topics)) as pool:
@@ -82,7 +82,7 @@ def test_metrics_cover_every_family(rain_server):
     before = scrape(base)
     assert httpx.post(base + "/v1/chat/completions", json={"model": MODEL}, timeout=10).status_code == 400
     # three streams on two slots: one waits
-    body = chat_body("Count to twenty.", max_tokens=24, stream=True, **VANILLA)
+    body = chat_body("Count to twenty.", max_tokens=16, stream=True, **VANILLA)
     with ThreadPoolExecutor(3) as pool:
         streams = [pool.submit(lambda: httpx.post(base + "/v1/chat/completions", json=body, timeout=120))
                    for _ in range(3)]
@@ -102,8 +102,8 @@ def test_metrics_cover_every_family(rain_server):
             assert grew(f"rain_{histogram}_seconds_count", mode=mode, model=MODEL) >= 1, (histogram, mode)
         assert grew("rain_requests_total", mode=mode, model=MODEL) >= 1
         assert grew("rain_prompt_tokens_total", mode=mode, model=MODEL) > 0
-    assert grew("rain_completion_tokens_total", mode="vanilla") == 3 * 24
-    assert grew("rain_committed_sets_total", mode="vanilla") == 3 * 24  # one token per vanilla commit
+    assert grew("rain_completion_tokens_total", mode="vanilla") == 3 * 16
+    assert grew("rain_committed_sets_total", mode="vanilla") == 3 * 16  # one token per vanilla commit
     assert grew("rain_completion_tokens_total", mode="rain") == rain.usage.completion_tokens
     assert grew("rain_committed_sets_total", mode="rain") == rain.model_extra["rain"]["commits"]
     assert grew("rain_search_iterations_total", model=MODEL) == rain.model_extra["rain"]["iterations"] > 0

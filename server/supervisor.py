@@ -1,0 +1,109 @@
+"""The worker processes as the API process sees them: a slot per worker whose process is replaced
+on every restart, and the one thread that reads all their pipes and notices their deaths."""
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+import time
+from multiprocessing.connection import Connection, wait
+from typing import Callable, Optional
+
+from .protocol import FromWorker, Speed, ToWorker, WorkerConfig
+from .worker import main as worker_main
+
+
+class WorkerSlot:
+    """One worker as the API sees it; its process is replaced on every restart."""
+
+    def __init__(self, index: int, config: WorkerConfig):
+        self.index = index
+        self.config = config
+        self.process: Optional[multiprocessing.Process] = None
+        self.conn: Optional[Connection] = None
+        self.ready = False
+        self.pid: Optional[int] = None
+        self.running: set[str] = set()
+        self.speed: Optional[Speed] = None
+        self.restarts = 0
+        self.deaths_unready = 0
+
+    def start(self, ctx) -> None:
+        conn, child = ctx.Pipe()
+        process = ctx.Process(target=worker_main, args=(self.index, self.config, child), name=f"rain-worker-{self.index}")
+        process.start()
+        child.close()
+        self.conn, self.pid = conn, process.pid
+        self.process = process  # last: the reader thread watches a slot once its process is set
+
+    def send(self, message: ToWorker) -> None:
+        try:
+            self.conn.send(message)
+        except (OSError, ValueError):  # it just died: the reader thread reports that
+            pass
+
+    def describe(self) -> dict:
+        speed = self.speed
+        return {
+            "index": self.index,
+            "pid": self.pid,
+            "alive": self.ready,
+            "running": len(self.running),
+            "restarts": self.restarts,
+            "vanilla_speed": speed and {
+                "prefill_s_per_token": speed.prefill_s_per_token,
+                "decode_s_per_token": speed.decode_s_per_token,
+                "samples": speed.samples,
+            },
+        }
+
+
+class Reader(threading.Thread):
+    """Hands every worker message to the loop (`on_message(slot, message)`), and a death once the dead
+    worker's last messages are in (`on_death(slot, process)`); each death is reported once."""
+
+    def __init__(self, slots: list[WorkerSlot], loop: asyncio.AbstractEventLoop,
+                 on_message: Callable[[WorkerSlot, FromWorker], None],
+                 on_death: Callable[[WorkerSlot, multiprocessing.Process], None]):
+        super().__init__(name="worker-reader", daemon=True)
+        self.slots, self.loop, self.on_message, self.on_death = slots, loop, on_message, on_death
+        self._stopped = False
+        self.start()
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def run(self) -> None:
+        reported: set[multiprocessing.Process] = set()
+        while not self._stopped:
+            watched = {}
+            for slot in self.slots:
+                process, conn = slot.process, slot.conn
+                if process is not None and process not in reported and not conn.closed:  # closed: mid-restart
+                    watched[conn] = watched[process.sentinel] = (slot, process, conn)
+            if not watched:
+                time.sleep(0.2)
+                continue
+            for handle in wait(list(watched), timeout=0.2):
+                slot, process, conn = watched[handle]
+                if process in reported or (handle is conn and self._forward(slot, conn)):
+                    continue
+                while conn.poll() and self._forward(slot, conn):
+                    pass
+                process.join(timeout=1)  # reap it, so its exit code is known
+                reported.add(process)
+                self._post(self.on_death, slot, process)
+
+    def _forward(self, slot: WorkerSlot, conn: Connection) -> bool:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return False
+        self._post(self.on_message, slot, message)
+        return True
+
+    def _post(self, callback, *args) -> None:
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: the server is exiting
+            pass
