@@ -1,0 +1,93 @@
+"""The CUDA path in bfloat16 (scripts/gpu_check.sh runs these; without CUDA they skip).
+
+bf16 keeps about three significant digits, so the cached, tree-masked execution is compared with a
+full recompute on probabilities, not bit for bit.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from rain_core import tp
+from rain_core.config import EngineConfig, GenerationRequest, RainConfig, SamplingParams
+from rain_core.engine import Engine
+from rain_core.models import resolve
+from rain_core.runner import TreeLayout
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+MODEL = os.environ.get("RAIN_CHECK_MODEL", "smollm2")
+MESSAGES = ({"role": "user", "content": "Explain in two sentences why the sky is blue."},)
+PROB_TOLERANCE = 0.05  # largest difference of any next-token probability (CPU bf16 gives 0.017)
+KL_TOLERANCE = 0.02  # CPU bf16 gives 0.004
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(EngineConfig(model=MODEL, device="cuda", dtype="bfloat16"))
+
+
+def full_probs(engine, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        logits = engine.runner.model(input_ids=torch.tensor([ids], device=engine.device)).logits[0, -1]
+    return torch.softmax(logits.float(), -1)
+
+
+def assert_close(probs: torch.Tensor, expected: torch.Tensor) -> None:
+    assert (probs - expected).abs().max() < PROB_TOLERANCE
+    kl = (expected * (expected.clamp_min(1e-12).log() - probs.clamp_min(1e-12).log())).sum()
+    assert kl < KL_TOLERANCE
+
+
+def check_cached_branches(engine) -> None:
+    """Prefill, a path extension, then three branches side by side under a tree mask, one token a
+    step, each row against a from-scratch forward of its own sequence."""
+    runner = engine.runner
+    prompt = engine.prompt_ids(MESSAGES)
+    cache = runner.new_cache()
+    try:
+        assert_close(torch.softmax(runner.forward(cache, torch.tensor(prompt))[-1], -1), full_probs(engine, prompt))
+        path = [504, 3733, 314]
+        prefix = prompt + path
+        assert_close(torch.softmax(runner.forward(cache, torch.tensor(path))[-1], -1), full_probs(engine, prefix))
+        branches = [[101, 202, 303], [404, 505], [606, 707, 808, 909]]
+        layout = TreeLayout.shared_prefix(len(prefix), runner.device)
+        for step in range(max(map(len, branches))):
+            rows = [b for b in range(len(branches)) if step < len(branches[b])]
+            position_ids, mask = layout.append(rows, [len(prefix) + step] * len(rows))
+            logits = runner.forward(cache, torch.tensor([branches[b][step] for b in rows]), position_ids, mask,
+                                    torch.arange(len(rows)))
+            for row, b in enumerate(rows):
+                assert_close(torch.softmax(logits[row], -1), full_probs(engine, prefix + branches[b][: step + 1]))
+        runner.truncate(cache, len(prefix))
+        assert runner.cache_length(cache) == len(prefix)
+        assert_close(torch.softmax(runner.forward(cache, torch.tensor([13]))[-1], -1), full_probs(engine, prefix + [13]))
+    finally:
+        runner.free_cache(cache)
+
+
+def test_model_and_cache_live_on_the_gpu_in_bfloat16(engine):
+    assert engine.device.type == "cuda"
+    assert next(engine.runner.model.parameters()).dtype == torch.bfloat16
+
+
+def test_cached_and_batched_logits_match_a_full_recompute(engine):
+    check_cached_branches(engine)
+
+
+def test_vanilla_and_rain_answer(engine):
+    vanilla = engine.complete(GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=24)))
+    assert vanilla.text.strip() and vanilla.totals.completion_tokens > 0
+    rain = engine.complete(GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=12, seed=0),
+                                             RainConfig(max_iters=2, min_iters=2)))
+    assert rain.text.strip() and rain.finish_reason in ("stop", "length")
+    assert rain.totals.iterations >= 2
+
+
+def test_more_ranks_than_gpus_is_refused():
+    if torch.cuda.device_count() >= 3:
+        pytest.skip("this host has three GPUs")
+    with pytest.raises(ValueError, match=rf"needs GPUs 0\.\.2; {torch.cuda.device_count()} are visible"):
+        tp.check_tensor_parallel(resolve("smollm2"), 3, "cuda")
