@@ -98,6 +98,9 @@ def test_every_runner_operation_matches_one_rank(tmp_path):
     runner = tp.start_tensor_parallel(source, EngineConfig(model=str(path), tp=2, threads=1))
     try:
         got = _script(runner)
+        with pytest.raises(KeyError):  # refused on rank 0 before any rank acts: the group goes on
+            runner.clone_cache(999)
+        assert runner.failure is None and runner.cache_length(runner.new_cache()) == 0
     finally:
         runner.close()
     for e, g in zip(expected, got):
