@@ -36,7 +36,7 @@ class Answer:
         if self.finish_reason is not None:
             delta += self._stops.feed(self._decoder.flush()) + self._stops.flush()
         self.text += delta
-        return Commit(token_ids=ids, text=delta, stats=stats)
+        return Commit(token_ids=ids, text=delta, stats=stats, finish_reason=self.finish_reason)
 
     def end(self, reason: FinishReason) -> str:
         """Finish early (cancel, budget): return the text still held back."""

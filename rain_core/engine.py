@@ -31,6 +31,26 @@ class RequestError(ValueError):
         self.param = param
 
 
+def prompt_ids(tokenizer, messages) -> list[int]:
+    """The conversation laid out by the model's chat template, ready for the answer."""
+    if not messages:
+        raise RequestError("messages must hold at least one message", "messages")
+    try:
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # templates raise on unsupported role orders
+        raise RequestError(f"the model's chat template rejected the messages: {exc}", "messages") from exc
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def check_fits(context_length: int, prompt_tokens: int, max_new_tokens: int) -> None:
+    if prompt_tokens + max_new_tokens > context_length:
+        raise RequestError(
+            f"this model's context is {context_length} tokens; the prompt has {prompt_tokens} and "
+            f"max_tokens asks for {max_new_tokens} more ({prompt_tokens + max_new_tokens} in all)",
+            "max_tokens",
+        )
+
+
 class Engine:
     def __init__(self, config: EngineConfig = EngineConfig()):
         self.config = config
@@ -97,21 +117,10 @@ class Engine:
 
     # prompts ---------------------------------------------------------------------------------
     def prompt_ids(self, messages) -> list[int]:
-        if not messages:
-            raise RequestError("messages must hold at least one message", "messages")
-        try:
-            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        except Exception as exc:  # templates raise on unsupported role orders
-            raise RequestError(f"the model's chat template rejected the messages: {exc}", "messages") from exc
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        return prompt_ids(self.tokenizer, messages)
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        if prompt_tokens + max_new_tokens > self.context_length:
-            raise RequestError(
-                f"this model's context is {self.context_length} tokens; the prompt has {prompt_tokens} and "
-                f"max_tokens asks for {max_new_tokens} more ({prompt_tokens + max_new_tokens} in all)",
-                "max_tokens",
-            )
+        check_fits(self.context_length, prompt_tokens, max_new_tokens)
 
     # generation ------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, cancel: Optional[threading.Event] = None) -> Iterator[Event]:
@@ -145,8 +154,7 @@ class Engine:
                         continue
                     if isinstance(step, Finish):  # the search ran out of its time budget
                         tail = answer.end(step.finish_reason)
-                        if tail:
-                            yield Commit([], tail)
+                        yield Commit([], tail, finish_reason=answer.finish_reason)
                         break
                     commit = answer.commit(step.token_ids, step.stats)
                     totals.commits += 1

@@ -23,6 +23,7 @@ class Commit:
     token_ids: list[int]
     text: str  # safe delta: never ends inside a multi-byte character
     stats: Optional[CommitStats] = None  # None for vanilla decoding
+    finish_reason: Optional[FinishReason] = None  # set on the commit that ends the answer
 
 
 @dataclass

@@ -68,9 +68,17 @@ class ChatRun:
         yield chunks.role()
         try:
             with self._outcome():
+                finished = False
                 while isinstance(message := await self.next_event(), Delta):
+                    if message.finishes:  # Done follows at once: the last content chunk carries it
+                        done = await self.next_event()
+                        assert isinstance(done, Done), "a worker sends Done right after the last set"
+                        yield chunks.content(message, done)
+                        message, finished = done, True
+                        break
                     yield chunks.content(message)
-            yield chunks.finish(message)
+            if not finished:  # a generation stopped by its cancel flag ends without a last set
+                yield chunks.finish(message)
             if include_usage:
                 yield chunks.usage(message)
         except ApiError as error:  # the stream has started: the error goes in-band

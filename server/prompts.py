@@ -5,16 +5,14 @@ from __future__ import annotations
 import threading
 from typing import Callable, Optional
 
-from rain_core.engine import Engine
+from rain_core.engine import check_fits, prompt_ids
 from rain_core.models import ModelSource, load_tokenizer
 
 DEFAULT_MAX_TOKENS = 256  # when the client sets no limit (less if the context has less room)
 
 
 class Prompts:
-    # The engine's own checks, so both processes agree; they read only .tokenizer and .context_length.
-    prompt_ids = Engine.prompt_ids
-    check_fits = Engine.check_fits
+    """The engine's own prompt layout and context check, so both processes agree."""
 
     def __init__(self, source: ModelSource, context_length: Callable[[], Optional[int]]):
         self.source = source
@@ -38,7 +36,7 @@ class Prompts:
 
     def max_new_tokens(self, messages: tuple[dict, ...], limit: Optional[int]) -> int:
         """The token budget to run with; raises RequestError when the request cannot fit."""
-        prompt_tokens = len(self.prompt_ids(messages))
+        prompt_tokens = len(prompt_ids(self.tokenizer, messages))
         budget = limit or max(1, min(DEFAULT_MAX_TOKENS, self.context_length - prompt_tokens))
-        self.check_fits(prompt_tokens, budget)
+        check_fits(self.context_length, prompt_tokens, budget)
         return budget

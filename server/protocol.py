@@ -61,6 +61,7 @@ class Delta:
     text: str
     tokens: int  # size of the committed set
     stats: Optional[CommitStats] = None  # the search behind it (RAIN only)
+    finishes: bool = False  # the answer ends with this set: Done follows at once
 
 
 @dataclass(frozen=True)

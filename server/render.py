@@ -79,9 +79,12 @@ class Chunks:
     def role(self) -> str:
         return self._chunk(self._choice({"role": "assistant", "content": ""}))
 
-    def content(self, delta: Delta) -> str:
+    def content(self, delta: Delta, done: Optional[Done] = None) -> str:
+        """One committed set; the last one also carries the finish reason and the request's summary."""
         extra = {"rain": commit_stats(delta)} if self.job.mode == "rain" else {}
-        return self._chunk(self._choice({"content": delta.text}), **extra)
+        if done is not None:
+            extra["rain"] = {**extra.get("rain", {}), "summary": rain_summary(self.job, done)}
+        return self._chunk(self._choice({"content": delta.text}, done and finish_reason(done)), **extra)
 
     def finish(self, done: Done) -> str:
         return self._chunk(self._choice({}, finish_reason(done)), rain=rain_summary(self.job, done))
