@@ -129,19 +129,23 @@ def _dequantized(source: ModelSource):
     return model
 
 
+def weights_dir(source: ModelSource) -> Optional[str]:
+    """A directory (or HF id) of plain weights: a GGUF is de-quantised once into the cache.
+    None when the cache cannot be written."""
+    if not source.gguf_file:
+        return source.path
+    saved = _converted(source, "models", lambda: _dequantized(source))
+    return str(saved) if saved else None
+
+
 def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32", tp_plan: Optional[str] = None):
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
-    path = source.path
-    if source.gguf_file:
-        saved = _converted(source, "models", lambda: _dequantized(source))
-        if saved is None and tp_plan:
-            raise OSError("tensor parallelism over a GGUF model needs a writable RAIN_CACHE_DIR for its conversion")
-        if saved is None:
-            return _dequantized(source).to(device=device, dtype=DTYPES[dtype]).eval()
-        path = str(saved)
+    path = weights_dir(source)
+    if path is None:  # a GGUF whose conversion cannot be kept: convert in memory
+        return _dequantized(source).to(device=device, dtype=DTYPES[dtype]).eval()
     kwargs = dict(dtype=DTYPES[dtype])
     if tp_plan:
         kwargs["tp_plan"] = tp_plan

@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from .models import ModelSource, _converted, _dequantized, load_model
+from .models import ModelSource, load_model, weights_dir
 from .runner import ModelRunner
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,10 @@ def check_tensor_parallel(source: ModelSource, tp: int, device: str = "cpu") -> 
 
     if tp < 1:
         raise ValueError(f"--tp must be at least 1, not {tp}")
-    config = AutoConfig.from_pretrained(weights_dir(source))
+    path = weights_dir(source)  # every rank reads these: a GGUF is de-quantised once, not once per rank
+    if path is None:
+        raise OSError("tensor parallelism over a GGUF model needs a writable RAIN_CACHE_DIR for its conversion")
+    config = AutoConfig.from_pretrained(path)
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     if not getattr(config, "base_model_tp_plan", None):
         raise ValueError(f"{source.name} ({config.model_type}) has no tensor-parallel plan in transformers; "
@@ -76,11 +79,6 @@ def check_tensor_parallel(source: ModelSource, tp: int, device: str = "cpu") -> 
         raise ValueError(f"tensor parallelism runs on cpu or cuda, not {device!r}")
     elif torch.cuda.is_available():  # transformers binds ranks to the accelerator it finds
         raise ValueError("tensor parallelism on cpu needs CUDA hidden (CUDA_VISIBLE_DEVICES=''); or use --device cuda")
-
-
-def weights_dir(source: ModelSource) -> str:
-    """Where every rank reads the weights: a GGUF is de-quantised once (cached), not once per rank."""
-    return str(_converted(source, "models", lambda: _dequantized(source))) if source.gguf_file else source.path
 
 
 def start_tensor_parallel(source: ModelSource, config) -> "TensorParallelRunner":
