@@ -143,8 +143,12 @@ def test_advbench_both_modes_and_resume(tmp_path, endpoint):
     assert len(FakeEndpoint.requests) == 11 and s["metrics"]["attack_success"]["rain"]["n"] == 5
     lines = out.read_text().splitlines()
     assert len(lines) == 11 and "_meta" in json.loads(lines[0]) and all(json.loads(x) for x in lines)
+    assert json.loads(lines[-1])["key"].startswith('rain{"max_iters":4}/')
+    s = run_cli(tmp_path, "advbench", "--base-url", endpoint, "--limit", "5", "--max-iters", "8")
+    assert len(FakeEndpoint.requests) == 16  # new RAIN settings: only RAIN runs again
+    assert s["metrics"]["attack_success"]["rain"]["n"] == 5 and s["settings"]["rain"] == {"max_iters": 8}
     with pytest.raises(SettingsMismatch):  # other settings never land in the same file
-        run_cli(tmp_path, "advbench", "--base-url", endpoint, "--limit", "5", "--max-iters", "8")
+        run_cli(tmp_path, "advbench", "--base-url", endpoint, "--limit", "5", "--max-tokens", "8")
     assert (tmp_path / "run.md").read_text().count("\n| ") == 3  # header, vanilla, rain
 
 

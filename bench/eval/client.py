@@ -5,6 +5,7 @@ for endpoints that are not rain-serve (vanilla only).
 """
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class ClientConfig:
     rain: dict[str, Any] = field(default_factory=dict)  # preset, max_iters, min_iters, time_budget_s
     timeout_s: float = 1800.0
     retries: int = 2
+    busy_wait_s: float = 900.0  # how long 503/429 (server starting, queue full) are waited out
 
 
 def modes_for(mode: str, plain: bool) -> list[str]:
@@ -63,14 +65,21 @@ class ChatClient:
         extra = self.extra_body(mode)
         if extra:
             kwargs["extra_body"] = extra
-        for attempt in range(c.retries + 1):
+        attempt, waited = 0, 0.0
+        while True:
             started = time.perf_counter()
             try:
                 resp = self.api.chat.completions.create(**kwargs)
                 break
-            except Exception:
-                if attempt == c.retries:
+            except Exception as exc:
+                busy = getattr(exc, "status_code", None) in (429, 503)  # starting up or queue full: wait
+                if busy and waited < c.busy_wait_s:
+                    time.sleep(5.0)
+                    waited += 5.0
+                    continue
+                if busy or attempt >= c.retries:
                     raise
+                attempt += 1
                 time.sleep(2 ** attempt)
         latency = time.perf_counter() - started
         body = resp.model_dump()
@@ -82,13 +91,20 @@ class ChatClient:
                 "latency_s": latency, "usage": body.get("usage"), "rain": rain}
 
 
-def key(mode: str, item_id: str) -> str:
-    return f"{mode}/{item_id}"
+def run_key(mode: str, rain: dict[str, Any]) -> str:
+    """Records of RAIN runs are keyed by their search settings, so one results file keeps the vanilla
+    answers while RAIN settings change, and a summary only counts the records of the settings asked."""
+    return f"rain{json.dumps(rain, sort_keys=True, separators=(',', ':'))}" if mode == "rain" else mode
 
 
 def run_items(client: ChatClient, items: Sequence[Item], modes: Sequence[str], store: Store, concurrency: int = 1) -> list[dict]:
     """Send every (mode, item) not yet in the store; return the records of all of them.
     Failures are reported and left out of the store, so a rerun retries them."""
+    run = {m: run_key(m, client.config.rain) for m in modes}
+
+    def key(mode: str, item_id: str) -> str:
+        return f"{run[mode]}/{item_id}"
+
     todo = [(m, it) for it in items for m in modes if key(m, it.id) not in store]
     errors: list[str] = []
     with ThreadPoolExecutor(max(1, concurrency)) as pool, tqdm(total=len(items) * len(modes), initial=len(items) * len(modes) - len(todo),

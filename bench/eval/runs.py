@@ -42,10 +42,10 @@ def generate(args: Namespace, name: str, items: Sequence[Item], meta: dict[str, 
     modes = modes_for(args.mode, args.plain)
     args.out = Path(args.out) if args.out else RESULTS / f"{name}-{slug(client.model)}.jsonl"
     settings = {"suite": name, "model": client.model, "max_tokens": args.max_tokens, "temperature": args.temperature,
-                "seed": args.seed, "plain": args.plain, "rain": rain, **meta}
+                "seed": args.seed, "plain": args.plain, **meta}
     store = Store(args.out, settings)
     records = run_items(client, items, modes, store, args.concurrency)
-    ctx = {"settings": {**settings, "base_url": args.base_url, "modes": modes, "limit": args.limit},
+    ctx = {"settings": {**settings, "rain": rain, "base_url": args.base_url, "modes": modes, "limit": args.limit},
            "command": args.command, "results": str(args.out)}
     return records, ctx
 
