@@ -122,6 +122,7 @@ def test_subset_is_seeded_and_stratified():
     rows = [{"k": "a" if i % 3 else "b", "i": i} for i in range(30)]
     one, two = data.subset(rows, 4, 7, lambda r: r["k"]), data.subset(rows, 4, 7, lambda r: r["k"])
     assert one == two and len(one) == 8 and [r["i"] for r in one] == sorted(r["i"] for r in one)
+    assert all(r in data.subset(rows, 6, 7, lambda r: r["k"]) for r in one)  # nested
 
 
 # the HTTP suites -------------------------------------------------------------------------------

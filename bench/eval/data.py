@@ -1,7 +1,8 @@
 """Readers of the evaluation data (by path, never copied): each suite's prompts as `Item`s.
 
-`limit` picks a seeded random subset (the same one on every run with the same seed), so runs with
-different modes or endpoints see the same prompts; with `strata`, the limit applies to each stratum.
+`limit` picks a seeded random subset (the same one on every run with the same seed, and a smaller
+limit picks a subset of a larger one), so runs with different modes, endpoints or sizes share their
+prompts; with `strata`, the limit applies to each stratum.
 """
 from __future__ import annotations
 
@@ -36,8 +37,11 @@ def subset(rows: Sequence[T], limit: Optional[int], seed: int, strata: Optional[
     groups: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(strata(row) if strata else "", []).append(i)
-    rng = random.Random(seed)
-    chosen = sorted(i for idx in groups.values() for i in rng.sample(idx, min(limit, len(idx))))
+    chosen: list[int] = []
+    for name, idx in sorted(groups.items()):
+        random.Random(f"{seed}/{name}").shuffle(idx)  # a seeded order: a smaller limit gives a subset
+        chosen += idx[:limit]
+    chosen.sort()
     return [rows[i] for i in chosen]
 
 
