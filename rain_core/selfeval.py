@@ -36,6 +36,12 @@ class EvalLayout:
     options: list[tuple[int, int]]  # (good, bad) option token per order
     truthful: bool
 
+    @property
+    def shared_suffix(self) -> int:
+        """Leading suffix tokens every order has in common (fed once); each order keeps one of its own."""
+        return min(_common_prefix(*self.suffixes) if len(self.suffixes) > 1 else len(self.suffixes[0]),
+                   min(map(len, self.suffixes)) - 1)
+
 
 def _instruction(cfg: EvaluatorConfig) -> tuple[str, str, str]:
     """(instruction block, good option text, bad option text)."""
@@ -143,15 +149,16 @@ class EvalSession:
         keep = _common_prefix(self.fed, target)
         self.runner.truncate(self.cache, keep)
         layout = TreeLayout.shared_prefix(keep, self.runner.device)
-        new = target[keep:]
-        tags, positions = [-1] * len(new), list(range(keep, len(target)))
+        shared, suffixes = self._split_suffixes()
+        new = target[keep:] + shared
+        tags, positions = [-1] * len(new), list(range(keep, keep + len(new)))
         last_rows = []
-        for order, suffix in enumerate(self.ev.layout.suffixes):
+        for order, suffix in enumerate(suffixes):
             tags += [order] * len(suffix)
-            positions += list(range(len(target), len(target) + len(suffix)))
+            positions += list(range(keep + len(new), keep + len(new) + len(suffix)))
             last_rows.append(len(tags) - 1)
         position_ids, mask = layout.append(tags, positions)
-        ids = torch.tensor(new + [t for s in self.ev.layout.suffixes for t in s])
+        ids = torch.tensor(new + [t for s in suffixes for t in s])
         logits = self.runner.forward(
             self.cache, ids, position_ids, mask, torch.tensor(last_rows), totals=self.totals
         )
@@ -163,10 +170,14 @@ class EvalSession:
         log_odds = (logprobs[rows, options[:, 0]] - logprobs[rows, options[:, 1]]).tolist()
         return SelfEvalResult(combine(log_odds, self.ev.cfg.score), log_odds)
 
+    def _split_suffixes(self) -> tuple[list[int], list[list[int]]]:
+        n = self.ev.layout.shared_suffix
+        return self.ev.layout.suffixes[0][:n], [s[n:] for s in self.ev.layout.suffixes]
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
+
+def _common_prefix(*lists: list[int]) -> int:
+    n = min(map(len, lists))
     for i in range(n):
-        if a[i] != b[i]:
+        if any(other[i] != lists[0][i] for other in lists[1:]):
             return i
     return n
