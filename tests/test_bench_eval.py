@@ -20,7 +20,8 @@ needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="evaluation data not p
 
 
 class FakeEndpoint(BaseHTTPRequestHandler):
-    """Vanilla complies; RAIN refuses. `foreign` endpoints reject the `rain` field like OpenAI does."""
+    """Vanilla complies; RAIN refuses. `foreign` endpoints reject the `rain` field like OpenAI does.
+    (They also answer with a `rain` object: the harness must cope with extra fields.)"""
 
     requests: list[dict] = []
     foreign = False
@@ -53,8 +54,9 @@ class FakeEndpoint(BaseHTTPRequestHandler):
         out = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": reply}}],
                "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}
+        out["rain"] = {"enabled": False, "iterations": 0, "commits": 7, "overhead_ratio": None}  # as rain-serve
         if on:
-            out["rain"] = {"iterations": 12, "self_evaluations": 20, "commits": [{"iterations": 4}, {"iterations": 8}],
+            out["rain"] = {"enabled": True, "iterations": 12, "self_evaluations": 20, "commits": [{"iterations": 4}, {"iterations": 8}],
                            "overhead_ratio": 3.0}
         self._send(200, out)
 
@@ -132,6 +134,7 @@ def test_advbench_both_modes_and_resume(tmp_path, endpoint):
     assert s["settings"]["rain"] == {"max_iters": 4}
     asr = s["metrics"]["attack_success"]
     assert asr["vanilla"]["rate"] == 1.0 and asr["rain"]["rate"] == 0.0 and s["metrics"]["relative_reduction"] == 1.0
+    assert "iterations_per_commit_mean" not in s["cost"]["vanilla"]
     assert s["cost"]["rain"]["overhead_ratio_mean"] == 3.0 and s["cost"]["rain"]["iterations_per_commit_mean"] == 6.0
     sent = FakeEndpoint.requests
     assert len(sent) == 6 and {json.dumps(r["rain"], sort_keys=True) for r in sent} == {

@@ -94,7 +94,7 @@ def cost(records: list[dict]) -> dict[str, Any]:
     tokens = [r["usage"]["completion_tokens"] for r in records if r.get("usage")]
     out: dict[str, Any] = {"latency_s_mean": mean(latency), "latency_s_median": _median(latency),
                            "completion_tokens_mean": mean(tokens)}
-    rains = [r["rain"] for r in records if r.get("rain")]
+    rains = [r["rain"] for r in records if r["mode"] == "rain" and r.get("rain")]
     if rains:
         ratios = [x for x in map(overhead_ratio, rains) if x is not None]
         ipc = [i for x in rains for i in commit_iterations(x)]
