@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -221,17 +220,10 @@ def followers_of(pid: int) -> list[int]:
     return [child for child, parent in tp_processes().items() if parent == pid]
 
 
-def start_server(*flags):
-    """tests/conftest.py's, found by file: several conftest modules share the name `conftest`."""
-    path = str(Path(__file__).with_name("conftest.py"))
-    conftest = next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == path)
-    return conftest.start_server(*flags)
-
-
 @pytest.fixture(scope="module")
-def tp_server():
+def tp_server(launch_server):
     close_tp_engines()
-    with start_server("--tp", "3", "--workers", "1", "--threads", "1", "--default-mode", "vanilla") as server:
+    with launch_server("--tp", "3", "--workers", "1", "--threads", "1", "--default-mode", "vanilla") as server:
         yield server
 
 
