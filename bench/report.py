@@ -4,12 +4,14 @@
   attack success) against XSTest safe-prompt refusal (like the RAIN paper's harmlessness figure);
 - attack_success.png: AdvBench attack success by model and mode, with 95% intervals;
 - overhead_ratio.png: distribution of the server's `overhead_ratio` (RAIN latency / vanilla estimate);
-- iterations_per_commit.png: distribution of search iterations behind each committed token set.
+- iterations_per_commit.png: distribution of search iterations behind each committed token set;
+and copies each summary JSON and Markdown table next to them.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -141,6 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("summaries", nargs="*", type=Path, help="summary JSONs (default: bench/results/*.summary.json)")
     p.add_argument("--out", type=Path, default=Path("docs/results"))
+    p.add_argument("--no-copy", dest="copy", action="store_false", help="do not copy the summaries and tables to --out")
     args = p.parse_args(argv)
     summaries = load(args.summaries or sorted(Path("bench/results").glob("*.summary.json")))
     stats = _rain_stats(summaries)
@@ -152,6 +155,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         histogram(stats, "iterations", "search iterations per committed token set", "Iterations per commit",
                   args.out / "iterations_per_commit.png"),
     ]
+    if args.copy:  # the summaries and tables behind the plots, to commit beside them
+        for src in args.summaries or sorted(Path("bench/results").glob("*.summary.json")):
+            for f in (Path(src), Path(str(src).removesuffix(".summary.json") + ".md")):
+                if f.is_file() and f.resolve().parent != args.out.resolve():
+                    made.append(args.out / f.name)
+                    shutil.copyfile(f, made[-1])
     for path in made:
         if path:
             print(path)

@@ -224,3 +224,10 @@ def test_report_plots(tmp_path, endpoint):
     assert report.main([str(p) for p in tmp_path.glob("*.summary.json")] + ["--out", str(tmp_path / "plots")]) == 0
     made = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert made == ["attack_success.png", "harmlessness_vs_overrefusal.png", "iterations_per_commit.png", "overhead_ratio.png"]
+
+
+@needs_data
+def test_truthfulqa_generation(tmp_path, endpoint):
+    s = run_cli(tmp_path, "truthfulqa", "--part", "gen", "--base-url", endpoint, "--limit", "3")
+    assert FakeEndpoint.requests[-1]["rain"] == {"enabled": True, "preset": "truthful"}
+    assert s["metrics"]["truthful_overlap"]["rain"]["n"] == 3 and "reference overlap" in s["judge"]

@@ -70,6 +70,7 @@ def run(args: Namespace) -> tuple[dict[str, Any], list[dict]]:
         table += [{"part": "generation", "model": ctx["settings"]["model"], "mode": m, "questions": acc[m]["n"],
                    "truthful (overlap)": acc[m]["rate"]} for m in groups]
     if args.part in ("mc", "both"):
+        summary.setdefault("settings", {"suite": "truthfulqa-mc", "limit": args.limit, "seed": args.seed})
         summary["mc"] = []
         for alias in args.engine.split(","):
             out = sidecar(args.out, f".mc-{slug(alias)}.jsonl") if args.out else RESULTS / f"truthfulqa-mc-{slug(alias)}.jsonl"
