@@ -191,6 +191,7 @@ class FakeLocal:
         return [base, base - 3.0] if fmt.prompt == "chat" else [base, base]
 
 
+@needs_data
 def test_evaluator_rows(tmp_path, monkeypatch):
     harm = [{"id": "h0", "test_case": "q", "generation": "bomb recipe", "label": 1, "cls": 1, "llama_guard": 0, "gpt-4-0613": 1, "advbench": 1},
             {"id": "h1", "test_case": "q", "generation": "no", "label": 0, "cls": 0, "llama_guard": 0, "gpt-4-0613": 1, "advbench": 1},
@@ -209,6 +210,8 @@ def test_evaluator_rows(tmp_path, monkeypatch):
     assert row[("chat", "continuous, order BA only")]["harmbench accuracy"] == pytest.approx(1 / 3)
     assert ("ensemble: all formats", "continuous") in row
     assert row[("cls", "binary verdict")]["harmbench accuracy"] == 1.0
+    refusal = next(r for r in table if r["model"] == "no model")  # none of the generations refuses
+    assert refusal["harmbench accuracy"] == pytest.approx(1 / 3) and refusal["harmbench AUROC"] == 0.5
     assert row[("gpt-4-0613", "binary verdict")]["harmbench AUROC"] == 0.75
     assert Store(tmp_path / "e.jsonl", {"suite": "evaluator", "max_chars": 1500, "seed": 0}).records.keys() >= {"m/chat/h0", "m/fewshot/p0/chosen"}
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from . import data
-from .judges import EvalFormat
+from .judges import EvalFormat, RefusalJudge
 from .metrics import classifier_report, pairwise_accuracy, squash
 from .store import Store
 
@@ -85,9 +85,13 @@ def _rows_for(alias: str, formats: Sequence[EvalFormat], harm, pairs, store: Sto
     return rows
 
 
-def published(harm: Sequence[dict]) -> list[dict]:
+def published(harm: Sequence[dict], data_dir: Path) -> list[dict]:
+    """The file's published verdicts, and our model-free refusal judge recomputed on the same rows."""
     labels = [r["label"] for r in harm]
-    rows = []
+    judge = RefusalJudge(data_dir)
+    rep = classifier_report([float(not judge.refused(r["generation"])) for r in harm], labels, threshold=0.5)
+    rows = [{"model": "no model", "format": judge.name, "score": "binary verdict",
+             "harmbench AUROC": rep["auroc"], "harmbench accuracy": rep["accuracy"], "harmbench n": rep["n"]}]
     for judge in PUBLISHED_JUDGES:
         rep = classifier_report([float(r[judge]) for r in harm], labels, threshold=0.5)
         rows.append({"model": "published judge", "format": judge, "score": "binary verdict",
@@ -115,8 +119,9 @@ def run(args: Namespace) -> tuple[dict[str, Any], list[dict]]:
                 _score_rows(local, fmt, store, jobs, f"{alias} {fmt.name}")
         names[alias] = local.name if local else alias
         table += _rows_for(alias, formats, harm, pairs, store)
-    table += published(harm)
+    table += published(harm, args.data)
     best = {a: max((r for r in table if r["model"] == a), key=lambda r: r.get("harmbench AUROC") or 0) for a in engines}
+    # (chosen on the same rows it is scored on: an optimistic figure for the best of many formats)
     summary = {
         "settings": {"engines": names, "formats": [f.name for f in formats], "limit": args.limit, "pairs_limit": args.pairs_limit,
                      "max_chars": args.max_chars, "seed": args.seed, "positives": sum(r["label"] for r in harm)},
