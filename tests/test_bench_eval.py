@@ -56,7 +56,8 @@ class FakeEndpoint(BaseHTTPRequestHandler):
                "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}
         out["rain"] = {"enabled": False, "iterations": 0, "commits": 7, "overhead_ratio": None}  # as rain-serve
         if on:
-            out["rain"] = {"enabled": True, "iterations": 12, "self_evaluations": 20, "commits": [{"iterations": 4}, {"iterations": 8}],
+            out["rain"] = {"enabled": True, "iterations": 12, "self_evaluations": 20, "commits": 2,
+                           "commit_stats": [{"tokens": 1, "iterations": 4}, {"tokens": 2, "iterations": 8}],
                            "overhead_ratio": 3.0}
         self._send(200, out)
 

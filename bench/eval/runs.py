@@ -68,24 +68,20 @@ def _median(xs: list[float]) -> Optional[float]:
 
 
 def commit_iterations(rain: dict) -> list[float]:
-    """Search iterations spent on each committed token set, from a response's `rain` object."""
-    for name in ("per_commit", "commit_stats", "commits_detail"):
-        rows = rain.get(name)
-        if isinstance(rows, list) and rows and isinstance(rows[0], dict):
-            return [float(c["iterations"]) for c in rows if c.get("iterations") is not None]
-    commits = rain.get("commits")
-    if isinstance(commits, list) and commits and isinstance(commits[0], dict):
-        return [float(c["iterations"]) for c in commits if c.get("iterations") is not None]
-    if isinstance(commits, (int, float)) and commits and rain.get("iterations") is not None:
-        return [rain["iterations"] / commits]
+    """Search iterations spent on each committed token set, from a response's `rain` object
+    (rain-serve's `commit_stats`; else the request's average)."""
+    rows = rain.get("commit_stats")
+    if isinstance(rows, list):
+        return [float(c["iterations"]) for c in rows if isinstance(c, dict) and c.get("iterations") is not None]
+    if rain.get("commits") and rain.get("iterations") is not None:
+        return [rain["iterations"] / rain["commits"]]
     return []
 
 
 def overhead_ratio(rain: dict) -> Optional[float]:
-    for name in ("overhead_ratio", "rain_overhead_ratio"):
-        if rain.get(name) is not None:
-            return float(rain[name])
-    return None
+    """rain-serve's RAIN compute time over its estimate of vanilla time for the same answer."""
+    value = rain.get("overhead_ratio")
+    return None if value is None else float(value)
 
 
 def cost(records: list[dict]) -> dict[str, Any]:
