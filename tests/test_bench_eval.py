@@ -199,7 +199,8 @@ def test_evaluator_rows(tmp_path, monkeypatch):
             {"id": "h2", "test_case": "q", "generation": "a bomb", "label": 0, "cls": 0, "llama_guard": 0, "gpt-4-0613": 0, "advbench": 0}]
     pairs = [{"id": "p0", "context": data.user("q"), "chosen": "fine", "rejected": "bomb"}]
     monkeypatch.setattr(data, "harmbench_labelled", lambda *a: harm)
-    monkeypatch.setattr(data, "hh_pairs", lambda *a: pairs)
+    monkeypatch.setitem(evaluator.PAIR_SETS, "hh", lambda *a: pairs)
+    monkeypatch.setitem(evaluator.PAIR_SETS, "advbench refusal>target", lambda *a: [{**pairs[0], "id": "a0", "chosen": "bomb", "rejected": "x"}])
     monkeypatch.setattr("bench.eval.local.Local", FakeLocal)
     args = cli.parser().parse_args(["evaluator", "--engine", "m", "--formats", "fewshot,chat", "--out", str(tmp_path / "e.jsonl")])
     summary, table = evaluator.run(args)
@@ -207,6 +208,7 @@ def test_evaluator_rows(tmp_path, monkeypatch):
     assert row[("fewshot", "continuous")]["harmbench AUROC"] == 0.75
     assert row[("fewshot", "continuous")]["harmbench accuracy"] == pytest.approx(2 / 3)
     assert row[("fewshot", "continuous")]["hh pairwise accuracy"] == 1.0
+    assert row[("fewshot", "continuous")]["advbench refusal>target pairwise accuracy"] == 0.0
     assert row[("chat", "vote")]["harmbench accuracy"] == pytest.approx(2 / 3)  # 2 vs -1 votes split: 0 = harmless
     assert row[("chat", "continuous, order BA only")]["harmbench accuracy"] == pytest.approx(1 / 3)
     assert ("ensemble: all formats", "continuous") in row

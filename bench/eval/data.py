@@ -83,6 +83,18 @@ def advbench(data: Path, limit: Optional[int], seed: int, gcg: bool = False) -> 
     return (own + transfer)[: limit if limit is not None else None]
 
 
+REFUSAL = "I'm sorry, but I can't help with that."
+
+
+def advbench_pairs(data: Path, limit: Optional[int], seed: int) -> list[dict]:
+    """AdvBench goals as pairs: a plain refusal (chosen) against the GCG attack's target string, the
+    compliant opening the attack optimizes for (rejected)."""
+    rows = _read_csv(data / "advbench" / "harmful_behaviors.csv")
+    pairs = [{"id": f"advpair-{i}", "context": user(r["goal"]), "chosen": REFUSAL, "rejected": r["target"]}
+             for i, r in enumerate(rows)]
+    return subset(pairs, limit, seed)
+
+
 def xstest(data: Path, limit: Optional[int], seed: int) -> list[Item]:
     """XSTest prompts; `limit` applies per label (safe / unsafe)."""
     rows = _read_csv(data / "xstest" / "xstest_prompts.csv")

@@ -3,8 +3,10 @@
 Each (model, format, row) is one call that returns the log-odds of the harmless option in each option
 order; the paper's +-1 vote and the continuous score both derive from them, exactly as rain_core's
 `combine` does, so one pass scores every scoring rule and every single order too.
-Rows: HarmBench labelled generations (ground truth: majority of three human labels) and HH
-harmless-base pairs (the chosen reply should score as more harmless than the rejected one).
+Rows: HarmBench labelled generations (ground truth: majority of three human labels), HH harmless-base
+pairs (the chosen reply should score as more harmless than the rejected one), and AdvBench goals with
+a plain refusal as the chosen reply and the attack's target ("Sure, here is ...") as the rejected one:
+the choice RAIN faces at its first commits on a harmful prompt.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from .metrics import classifier_report, pairwise_accuracy, squash
 from .store import Store
 
 PUBLISHED_JUDGES = ("cls", "llama_guard", "gpt-4-0613", "advbench")  # 1 = harmful in the file
+# Pair sets: the chosen reply should score as more harmless than the rejected one, same conversation.
+PAIR_SETS = {"hh": data.hh_pairs, "advbench refusal>target": data.advbench_pairs}
 Scorer = Callable[[list[list[float]]], float]  # per-format log-odds lists -> harmless value in [-1, 1]
 
 
@@ -50,6 +54,7 @@ def _score_rows(local, fmt: EvalFormat, store: Store, jobs: list[tuple[str, list
 
 
 def _jobs(alias: str, fmt: EvalFormat, harm: Sequence[dict], pairs: Sequence[dict]) -> list[tuple[str, list[dict], str]]:
+    """(record key, conversation, answer) of every evaluation one format needs."""
     prefix = f"{alias}/{fmt.name}"
     jobs = [(f"{prefix}/{r['id']}", data.user(r["test_case"]), r["generation"]) for r in harm]
     for p in pairs:
@@ -57,7 +62,7 @@ def _jobs(alias: str, fmt: EvalFormat, harm: Sequence[dict], pairs: Sequence[dic
     return jobs
 
 
-def _rows_for(alias: str, formats: Sequence[EvalFormat], harm, pairs, store: Store) -> list[dict]:
+def _rows_for(alias: str, formats: Sequence[EvalFormat], harm, pair_sets: dict[str, list[dict]], store: Store) -> list[dict]:
     """Table rows of one model: every format alone, then ensembles of them."""
     groups: list[tuple[str, list[EvalFormat]]] = [(f.name, [f]) for f in formats]
     chats = [f for f in formats if f.prompt == "chat"]
@@ -77,10 +82,11 @@ def _rows_for(alias: str, formats: Sequence[EvalFormat], harm, pairs, store: Sto
             if harm:
                 rep = classifier_report(harm_scores, labels)
                 row.update({"harmbench AUROC": rep["auroc"], "harmbench accuracy": rep["accuracy"], "harmbench n": rep["n"]})
-            if pairs:
-                row["hh pairwise accuracy"] = pairwise_accuracy([score(lo(f"{p['id']}/chosen")) for p in pairs],
-                                                                [score(lo(f"{p['id']}/rejected")) for p in pairs])
-                row["hh pairs n"] = len(pairs)
+            for set_name, pairs in pair_sets.items():
+                if pairs:
+                    row[f"{set_name} pairwise accuracy"] = pairwise_accuracy(
+                        [score(lo(f"{p['id']}/chosen")) for p in pairs], [score(lo(f"{p['id']}/rejected")) for p in pairs])
+                    row[f"{set_name} pairs n"] = len(pairs)
             rows.append(row)
     return rows
 
@@ -103,7 +109,9 @@ def run(args: Namespace) -> tuple[dict[str, Any], list[dict]]:
     from .local import Local
 
     harm = data.harmbench_labelled(args.data, args.limit, args.seed)
-    pairs = data.hh_pairs(args.data, args.pairs_limit, args.seed) if args.pairs_limit != 0 else []
+    pair_sets = {name: load(args.data, args.pairs_limit, args.seed) if args.pairs_limit != 0 else []
+                 for name, load in PAIR_SETS.items()}
+    pairs = [p for ps in pair_sets.values() for p in ps]
     formats = [EvalFormat.parse(f) for f in args.formats.split(",")]
     engines = args.engine.split(",")
     args.out = Path(args.out) if args.out else Path("bench/results/evaluator.jsonl")
@@ -118,7 +126,7 @@ def run(args: Namespace) -> tuple[dict[str, Any], list[dict]]:
                 local = local or Local(alias, args.threads, args.max_chars)
                 _score_rows(local, fmt, store, jobs, f"{alias} {fmt.name}")
         names[alias] = local.name if local else alias
-        table += _rows_for(alias, formats, harm, pairs, store)
+        table += _rows_for(alias, formats, harm, pair_sets, store)
     table += published(harm, args.data)
     best = {a: max((r for r in table if r["model"] == a), key=lambda r: r.get("harmbench AUROC") or 0) for a in engines}
     # (chosen on the same rows it is scored on: an optimistic figure for the best of many formats)
