@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal, Optional
 
-EvalPrompt = Literal["fewshot", "chat"]
+EvalPrompt = Literal["fewshot", "chat", "yesno"]
 EvalScore = Literal["vote", "continuous"]
 EvalCriterion = Literal["harmless", "truthful"]
 
@@ -17,7 +17,7 @@ EvalCriterion = Literal["harmless", "truthful"]
 class EvaluatorConfig:
     """How a partial answer is judged by the model itself."""
 
-    prompt: EvalPrompt = "fewshot"  # the paper's few-shot A/B prompt, or a chat-template question
+    prompt: EvalPrompt = "fewshot"  # the paper's few-shot A/B prompt, a chat-template A/B question, or Yes/No questions
     score: EvalScore = "vote"  # the paper's +-1 vote, or squashed log-odds in [-1, 1]
     criterion: EvalCriterion = "harmless"  # "truthful" asks the TruthfulQA Yes/No question
     principle: Optional[str] = None  # replaces the harmlessness criterion, e.g. "Never give dosages"

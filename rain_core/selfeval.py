@@ -47,6 +47,8 @@ def _instruction(cfg: EvaluatorConfig) -> tuple[str, str, str]:
     """(instruction block, good option text, bad option text)."""
     if cfg.criterion == "truthful":
         return (prompts.TRUTH_INSTRUCTION if cfg.prompt == "fewshot" else prompts.CHAT_TRUTH_QUESTION), " Yes", " No"
+    if cfg.prompt == "yesno":
+        return prompts.YESNO_INTRO, "No", "Yes"
     if cfg.principle:
         template = prompts.PRINCIPLE_INSTRUCTION if cfg.prompt == "fewshot" else prompts.CHAT_PRINCIPLE_QUESTION
         return template.format(principle=cfg.principle), prompts.FOLLOWS, prompts.VIOLATES
@@ -58,18 +60,32 @@ def _token(tokenizer, text: str) -> int:
     return tokenizer(text, add_special_tokens=False).input_ids[0]
 
 
+def _yesno_tails(cfg: EvaluatorConfig) -> list[str]:
+    """The harm question(s) asked after the conversation; "No" is the good answer to each."""
+    if cfg.principle:
+        questions = [q.format(principle=cfg.principle) for q in prompts.YESNO_PRINCIPLE_QUESTIONS]
+    else:
+        questions = list(prompts.YESNO_HARM_QUESTIONS)
+    return ["\n\n" + q for q in questions[: 2 if cfg.both_orders else 1]]
+
+
+def _tails(cfg: EvaluatorConfig, good: str, bad: str) -> tuple[list[str], str, list[tuple[str, str]]]:
+    """(text after the answer per order, answer cue, (good, bad) option text per order)."""
+    if cfg.criterion == "truthful":  # one Yes/No question, as the paper's TruthfulQA setting
+        return ["\nIs the answer truthful? Answer Yes or No."], "Answer:", [(good, bad)]
+    if cfg.prompt == "yesno":  # the reply's first word is the verdict
+        tails = _yesno_tails(cfg)
+        return tails, "", [(good, bad)] * len(tails)
+    orders = [(good, bad), (bad, good)][: 2 if cfg.both_orders else 1]
+    tails = ["\n" + prompts.options_text(first, second) for first, second in orders]
+    if cfg.prompt == "chat":
+        tails = [t + "\nReply with the letter of the right option." for t in tails]
+    return tails, "The answer is: (", [("A", "B"), ("B", "A")][: len(orders)]
+
+
 def build_layout(tokenizer, cfg: EvaluatorConfig) -> EvalLayout:
     block, good, bad = _instruction(cfg)
-    truthful = cfg.criterion == "truthful"
-    if truthful:  # one Yes/No question, as the paper's TruthfulQA setting
-        tails, cue, options = ["\nIs the answer truthful? Answer Yes or No."], "Answer:", [(good, bad)]
-    else:
-        orders = [(good, bad), (bad, good)][: 2 if cfg.both_orders else 1]
-        tails = ["\n" + prompts.options_text(first, second) for first, second in orders]
-        if cfg.prompt == "chat":
-            tails = [t + "\nReply with the letter of the right option." for t in tails]
-        cue = "The answer is: ("
-        options = [("A", "B"), ("B", "A")][: len(orders)]
+    tails, cue, options = _tails(cfg, good, bad)
     fixed_text, suffixes = None, []
     for tail in tails:
         content = block + "\n\n" + _CONV + _ANSWER + tail
@@ -81,7 +97,7 @@ def build_layout(tokenizer, cfg: EvaluatorConfig) -> EvalLayout:
         fixed=tokenizer(fixed_text, add_special_tokens=False).input_ids,
         suffixes=suffixes,
         options=[(_token(tokenizer, g), _token(tokenizer, b)) for g, b in options],
-        truthful=truthful,
+        truthful=cfg.criterion == "truthful",
     )
 
 

@@ -92,7 +92,7 @@ class RainOptions(Strict):
     enabled: bool = True
     preset: str = "harmless"
     principle: Optional[str] = Field(None, min_length=1, max_length=4000)
-    prompt: Optional[Literal["fewshot", "chat"]] = None
+    prompt: Optional[Literal["fewshot", "chat", "yesno"]] = None
     score: Optional[Literal["vote", "continuous"]] = None
     max_iters: Optional[int] = Field(None, ge=1, le=10_000)
     min_iters: Optional[int] = Field(None, ge=0, le=10_000)

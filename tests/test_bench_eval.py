@@ -210,7 +210,7 @@ def test_evaluator_rows(tmp_path, monkeypatch):
     assert row[("fewshot", "continuous")]["hh pairwise accuracy"] == 1.0
     assert row[("fewshot", "continuous")]["advbench refusal>target pairwise accuracy"] == 0.0
     assert row[("chat", "vote")]["harmbench accuracy"] == pytest.approx(2 / 3)  # 2 vs -1 votes split: 0 = harmless
-    assert row[("chat", "continuous, order BA only")]["harmbench accuracy"] == pytest.approx(1 / 3)
+    assert row[("chat", "continuous, 2nd order or phrasing only")]["harmbench accuracy"] == pytest.approx(1 / 3)
     assert ("ensemble: all formats", "continuous") in row
     assert row[("cls", "binary verdict")]["harmbench accuracy"] == 1.0
     refusal = next(r for r in table if r["model"] == "no model")  # none of the generations refuses

@@ -43,8 +43,8 @@ def scorers(n_formats: int) -> dict[str, Scorer]:
         "vote": lambda fs: vote([x for f in fs for x in f]),
     }
     if n_formats == 1:
-        rules["continuous, order AB only"] = lambda fs: squash(fs[0][0])
-        rules["continuous, order BA only"] = lambda fs: squash(fs[0][-1])
+        rules["continuous, 1st order or phrasing only"] = lambda fs: squash(fs[0][0])
+        rules["continuous, 2nd order or phrasing only"] = lambda fs: squash(fs[0][-1])
     return rules
 
 

@@ -43,7 +43,7 @@ def xstest_refused(reply: str) -> bool:
 class EvalFormat:
     """One self-evaluation format: the prompt kind and an optional principle (a phrasing of the criterion)."""
 
-    prompt: str = "chat"  # "fewshot" (the paper's) or "chat"
+    prompt: str = "chat"  # "fewshot" (the paper's), "chat" (A/B) or "yesno"
     principle: Optional[str] = None  # key of PRINCIPLES, or None for rain_core's default harm question
 
     @property
@@ -53,8 +53,8 @@ class EvalFormat:
     @staticmethod
     def parse(text: str) -> "EvalFormat":
         prompt, _, principle = text.partition("+")
-        if prompt not in ("fewshot", "chat") or (principle and principle not in PRINCIPLES):
-            raise ValueError(f"format {text!r}: want fewshot|chat[+{'|'.join(PRINCIPLES)}]")
+        if prompt not in ("fewshot", "chat", "yesno") or (principle and principle not in PRINCIPLES):
+            raise ValueError(f"format {text!r}: want fewshot|chat|yesno[+{'|'.join(PRINCIPLES)}]")
         return EvalFormat(prompt, principle or None)
 
 

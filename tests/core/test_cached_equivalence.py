@@ -1,6 +1,7 @@
 """The cached, branched execution must give the distributions of a plain full recompute."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rain_core.branches import RowSpec, grow_branches
@@ -63,8 +64,9 @@ def test_candidates_and_simulation_logprobs_match_full_recompute(tiny_engine):
     runner.free_cache(cache)
 
 
-def test_self_evaluation_matches_full_recompute_for_both_orders(tiny_engine):
-    config = EvaluatorConfig(prompt="chat", score="continuous")
+@pytest.mark.parametrize("prompt", ["chat", "yesno"])
+def test_self_evaluation_matches_full_recompute_for_both_orders(tiny_engine, prompt):
+    config = EvaluatorConfig(prompt=prompt, score="continuous")
     evaluator = tiny_engine.evaluator(config)
     session = evaluator.session(MESSAGES)
     tokenizer = tiny_engine.tokenizer
@@ -107,3 +109,14 @@ def test_rain_frees_every_cache_and_reports_totals(tiny_engine):
     assert t.iterations >= 2 * t.commits - 2 and t.self_evaluations > 0
     assert t.forward_calls > t.commits and t.tokens_fed > t.prompt_tokens
     assert t.completion_tokens <= 12
+
+
+def test_yesno_format_asks_two_phrasings_of_the_harm_question(tiny_engine):
+    layout = tiny_engine.evaluator(EvaluatorConfig(prompt="yesno")).layout
+    tokenizer = tiny_engine.tokenizer
+    texts = [tokenizer.decode(s) for s in layout.suffixes]
+    assert len(texts) == 2 and all("harmful" in t and "Yes or No" in t for t in texts) and texts[0] != texts[1]
+    yes, no = (tokenizer(w, add_special_tokens=False).input_ids[0] for w in ("Yes", "No"))
+    assert layout.options == [(no, yes), (no, yes)]  # "No" (not harmful) is the good answer to both
+    single = tiny_engine.evaluator(EvaluatorConfig(prompt="yesno", both_orders=False)).layout
+    assert single.suffixes == layout.suffixes[:1]
