@@ -155,6 +155,10 @@ def test_advbench_both_modes_and_resume(tmp_path, endpoint):
     with pytest.raises(SettingsMismatch):  # other settings never land in the same file
         run_cli(tmp_path, "advbench", "--base-url", endpoint, "--limit", "5", "--max-tokens", "8")
     assert (tmp_path / "run.md").read_text().count("\n| ") == 3  # header, vanilla, rain
+    assert s["complete"] is True
+    s = run_cli(tmp_path, "advbench", "--base-url", endpoint, "--limit", "7", "--max-iters", "8", "--no-send")
+    assert len(FakeEndpoint.requests) == 16  # a run cut short is summarized without asking anything
+    assert s["complete"] is False and s["metrics"]["attack_success"]["rain"]["n"] == 5
 
 
 @needs_data

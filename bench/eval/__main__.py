@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--time-budget-s", type=float, default=None, help="RAIN wall-time budget per request")
     g.add_argument("--rain-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other field of the request's `rain` object (VALUE parsed as JSON), e.g. iteration_cap=4")
+    g.add_argument("--no-send", action="store_true",
+                   help="send nothing: summarize the records already in --out (a run cut short; it says complete=false)")
     g.add_argument("--gcg", action="store_true", help="advbench: append the GCG adversarial suffixes of gcg/")
     g = p.add_argument_group("in-process rain_core (evaluator, truthfulqa MC, hh judge)")
     g.add_argument("--engine", default=BOTH_MODELS, help="rain_core model aliases, comma-separated")

@@ -97,15 +97,16 @@ def run_key(mode: str, rain: dict[str, Any]) -> str:
     return f"rain{json.dumps(rain, sort_keys=True, separators=(',', ':'))}" if mode == "rain" else mode
 
 
-def run_items(client: ChatClient, items: Sequence[Item], modes: Sequence[str], store: Store, concurrency: int = 1) -> list[dict]:
-    """Send every (mode, item) not yet in the store; return the records of all of them.
+def run_items(client: ChatClient, items: Sequence[Item], modes: Sequence[str], store: Store, concurrency: int = 1,
+              send: bool = True) -> list[dict]:
+    """Send every (mode, item) not yet in the store (none when not `send`); return the records of all of them.
     Failures are reported and left out of the store, so a rerun retries them."""
     run = {m: run_key(m, client.config.rain) for m in modes}
 
     def key(mode: str, item_id: str) -> str:
         return f"{run[mode]}/{item_id}"
 
-    todo = [(m, it) for it in items for m in modes if key(m, it.id) not in store]
+    todo = [(m, it) for it in items for m in modes if send and key(m, it.id) not in store]
     errors: list[str] = []
     with ThreadPoolExecutor(max(1, concurrency)) as pool, tqdm(total=len(items) * len(modes), initial=len(items) * len(modes) - len(todo),
                                                                  desc="requests", unit="req", dynamic_ncols=True) as bar:

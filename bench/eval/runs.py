@@ -44,10 +44,15 @@ def generate(args: Namespace, name: str, items: Sequence[Item], meta: dict[str, 
     settings = {"suite": name, "model": client.model, "max_tokens": args.max_tokens, "temperature": args.temperature,
                 "seed": args.seed, "plain": args.plain, **meta}
     store = Store(args.out, settings)
-    records = run_items(client, items, modes, store, args.concurrency)
+    records = run_items(client, items, modes, store, args.concurrency, send=not args.no_send)
     ctx = {"settings": {**settings, "rain": rain, "base_url": args.base_url, "modes": modes, "limit": args.limit},
-           "command": args.command, "results": str(args.out)}
+           "command": args.command, "results": str(args.out), "complete": _complete(records, items, modes)}
     return records, ctx
+
+
+def _complete(records: list[dict], items: Sequence[Item], modes: Sequence[str]) -> bool:
+    """Whether every (item, mode) has its record (a --no-send summary of a run cut short has not)."""
+    return len(records) == len(items) * len(modes)
 
 
 def by_mode(records: Iterable[dict]) -> dict[str, list[dict]]:
