@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .eval.client import run_key  # noqa: E402
 from .eval.runs import commit_iterations, overhead_ratio  # noqa: E402
 
 COLORS = {"vanilla": "#888888", "rain": "#1f77b4"}
@@ -40,11 +41,14 @@ def _by(summaries: list[dict], suite: str) -> dict[str, dict]:
 
 
 def records(summary: dict) -> list[dict]:
+    """The summary's own records: a results file also keeps RAIN runs made with other settings."""
     path = Path(summary.get("results", ""))
     if not path.is_file():
         return []
+    settings = summary.get("settings", {})
+    runs = tuple(run_key(m, settings.get("rain", {})) + "/" for m in settings.get("modes", ["vanilla", "rain"]))
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if "_meta" not in r]
+    return [r for r in rows if "_meta" not in r and r.get("key", "").startswith(runs)]
 
 
 def harmless_vs_overrefusal(summaries: list[dict], out: Path) -> Optional[Path]:

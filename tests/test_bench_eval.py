@@ -234,6 +234,9 @@ def test_report_plots(tmp_path, endpoint):
     assert report.main([str(p) for p in tmp_path.glob("*.summary.json")] + ["--out", str(tmp_path / "plots")]) == 0
     made = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert made == ["attack_success.png", "harmlessness_vs_overrefusal.png", "iterations_per_commit.png", "overhead_ratio.png"]
+    cli.main(["advbench", "--base-url", endpoint, "--limit", "2", "--out", str(tmp_path / "advbench.jsonl"), "--max-iters", "9"])
+    summary = json.loads((tmp_path / "advbench.summary.json").read_text())
+    assert sorted(r["key"].split("/")[0] for r in report.records(summary)) == ['rain{"max_iters":9}'] * 2 + ["vanilla"] * 2
 
 
 @needs_data
