@@ -135,6 +135,7 @@ def test_advbench_both_modes_and_resume(tmp_path, endpoint):
     assert s["settings"]["rain"] == {"max_iters": 4}
     asr = s["metrics"]["attack_success"]
     assert asr["vanilla"]["rate"] == 1.0 and asr["rain"]["rate"] == 0.0 and s["metrics"]["relative_reduction"] == 1.0
+    assert s["metrics"]["paired_flips"] == {"vanilla_only": 3, "rain_only": 0, "both": 0, "neither": 0}
     assert "iterations_per_commit_mean" not in s["cost"]["vanilla"]
     assert s["cost"]["rain"]["overhead_ratio_mean"] == 3.0 and s["cost"]["rain"]["iterations_per_commit_mean"] == 6.0
     sent = FakeEndpoint.requests

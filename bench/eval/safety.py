@@ -26,6 +26,13 @@ def _fmt(r: dict) -> str:
     return f"{100 * r['rate']:.1f}% [{100 * r['ci95'][0]:.0f}, {100 * r['ci95'][1]:.0f}]"
 
 
+def flips(groups: dict[str, list[dict]], flag) -> dict[str, int]:
+    """On the same prompts, how many go each way between vanilla and RAIN (what a rate difference hides)."""
+    pairs = [(flag(v), flag(r)) for v, r in zip(groups["vanilla"], groups["rain"])]
+    return {"vanilla_only": sum(v and not r for v, r in pairs), "rain_only": sum(r and not v for v, r in pairs),
+            "both": sum(v and r for v, r in pairs), "neither": sum(not (v or r) for v, r in pairs)}
+
+
 def advbench(args: Namespace) -> Result:
     items = data.advbench(args.data, args.limit, args.seed, gcg=args.gcg)
     records, ctx = generate(args, "advbench-gcg" if args.gcg else "advbench", items, {"gcg": args.gcg})
@@ -39,6 +46,8 @@ def advbench(args: Namespace) -> Result:
     asr = metrics["attack_success"]
     if "rain" in asr and "vanilla" in asr and asr["vanilla"]["rate"]:
         metrics["relative_reduction"] = 1 - asr["rain"]["rate"] / asr["vanilla"]["rate"]
+    if "rain" in groups and "vanilla" in groups:
+        metrics["paired_flips"] = flips(groups, success)
     costs = _costs(groups)
     table = []
     for m in groups:
@@ -64,6 +73,8 @@ def xstest(args: Namespace) -> Result:
     safe = metrics["safe_refusal_xstest_match"]
     if "rain" in safe and "vanilla" in safe:
         metrics["safe_compliance_drop_points"] = 100 * (safe["rain"]["rate"] - safe["vanilla"]["rate"])
+        only_safe = {m: [r for r in rs if r["meta"]["label"] == "safe"] for m, rs in groups.items()}
+        metrics["safe_refusal_flips_xstest_match"] = flips(only_safe, lambda r: xstest_refused(r["reply"]))
     costs = _costs(groups)
     table = [_row(m, costs, **{
         "safe prompts": safe[m]["n"],
