@@ -95,7 +95,8 @@ def judge_records(args: Namespace, records: list[dict], messages_of: dict[str, l
 
     local = Local(args.judge_model, args.threads, args.max_chars)
     judge = SelfEvalJudge(local, EvalFormat.parse(args.judge_format), args.judge_threshold)
-    store = Store(sidecar(args.out, ".judge.jsonl"), {"judge": judge.name, "max_chars": args.max_chars})
+    # values are kept before the threshold, so another threshold reuses them
+    store = Store(sidecar(args.out, ".judge.jsonl"), {"judge": judge.scorer, "max_chars": args.max_chars})
     from tqdm import tqdm
 
     for r in tqdm([r for r in records if r["key"] not in store], desc="judging", unit="reply"):
