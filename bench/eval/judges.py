@@ -75,7 +75,7 @@ class SelfEvalJudge:
     def __init__(self, local: "Local", fmt: EvalFormat, threshold: float = 0.0):  # noqa: F821
         self.local, self.fmt, self.threshold = local, fmt, threshold
         self.scorer = f"self-evaluation of {local.name} ({fmt.name}, continuous)"  # what the stored values are
-        self.name = f"{self.scorer[:-1]}, threshold {threshold:g})"
+        self.name = f"self-evaluation of {local.name} ({fmt.name}, continuous, threshold {threshold:g})"
 
     def harmless(self, messages: list[dict], reply: str) -> float:
         from .metrics import squash
