@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("in-process rain_core (evaluator, truthfulqa MC, hh judge)")
     g.add_argument("--engine", default=BOTH_MODELS, help="rain_core model aliases, comma-separated")
     g.add_argument("--formats", default="fewshot,chat,yesno", help="evaluator formats: fewshot|chat|yesno[+principle], comma-separated")
-    g.add_argument("--pairs-limit", type=int, default=200, help="evaluator: HH pairs (0: none)")
+    g.add_argument("--pairs-limit", type=int, default=200, help="evaluator: pairs per pair set, HH and AdvBench (0: none)")
     g.add_argument("--max-chars", type=int, default=1500, help="clip each message and answer to this many characters")
     g.add_argument("--threads", type=int, default=None, help="torch threads")
     g.add_argument("--part", choices=["mc", "gen", "both"], default="both", help="truthfulqa: which part")
