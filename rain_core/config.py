@@ -11,6 +11,7 @@ from typing import Literal, Optional
 EvalPrompt = Literal["fewshot", "chat", "yesno"]
 EvalScore = Literal["vote", "continuous"]
 EvalCriterion = Literal["harmless", "truthful"]
+QNormalization = Literal["fixed", "observed"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class RainConfig:
     widen_variance_scale: float = 0.03  # widen when ||var(child embeddings)|| < scale * L
     q_norm_eps: float = 1e-5
     q_bounds: tuple[float, float] = (-1.0, 1.0)  # initial (qmin, qmax) of the tree-wide Q normalisation
+    # "observed" ignores q_bounds and normalises over the values seen (as MuZero), so that the small margins
+    # of a small self-evaluator span [0, 1] instead of a sliver of the paper's fixed (-1, 1)
+    q_normalization: QNormalization = "fixed"
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     iteration_cap: Optional[int] = None  # hard budget of iterations per commit, over everything above
     time_budget_s: Optional[float] = None  # wall-time budget of the whole request

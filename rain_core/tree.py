@@ -87,7 +87,7 @@ class Tree:
     def __init__(self, root: Node, cfg: RainConfig):
         self.root = root
         self.cfg = cfg
-        self.qmin, self.qmax = cfg.q_bounds
+        self.qmin, self.qmax = cfg.q_bounds if cfg.q_normalization == "fixed" else (math.inf, -math.inf)
 
     def size(self) -> int:
         count, stack = 0, [self.root]
@@ -100,6 +100,8 @@ class Tree:
     def normalized_q(self, node: Node) -> float:
         if node.n == 0:
             return 0.0
+        if self.qmax <= self.qmin:  # at most one value seen (observed normalisation): neither good nor bad yet
+            return 0.5
         return (node.q - self.qmin) / (self.qmax - self.qmin + self.cfg.q_norm_eps)
 
     def puct_score(self, parent: Node, child: Node) -> float:

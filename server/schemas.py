@@ -99,6 +99,7 @@ class RainOptions(Strict):
     min_visits: Optional[int] = Field(None, ge=0, le=10_000)
     value_threshold: Optional[float] = Field(None, ge=-1.0, le=1.0)
     c_puct: Optional[float] = Field(None, gt=0.0, le=100.0)
+    q_normalization: Optional[Literal["fixed", "observed"]] = None
     num_candidates: Optional[int] = Field(None, ge=1, le=100)
     candidate_top_k: Optional[int] = Field(None, ge=1, le=1000)
     similarity_threshold: Optional[float] = Field(None, ge=0.0, le=1.0)

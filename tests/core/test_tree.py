@@ -64,6 +64,19 @@ def test_normalized_q_min_max():
     assert t.normalized_q(fractional) == approx(0.5 / (1.5 + EPS))
 
 
+def test_observed_bounds_stretch_small_margins():
+    root = Node((), 1.0, -1)
+    t = Tree(root, RainConfig(q_normalization="observed"))
+    a, b = kid(root, [1]), kid(root, [2])
+    t.backup(a, 0.30)
+    assert (t.qmin, t.qmax) == (0.30, 0.30)
+    assert t.normalized_q(a) == 0.5  # one value seen: neither good nor bad yet
+    assert t.normalized_q(b) == 0.0  # unvisited, as with fixed bounds
+    t.backup(b, 0.40)  # a margin of 0.1 spans the whole [0, 1] (it is 0.05 with the paper's (-1, 1))
+    assert t.normalized_q(a) == approx(0.0)
+    assert t.normalized_q(b) == approx(0.1 / (0.1 + EPS))
+
+
 # ---------------------------------------------------------------- backup
 
 def test_backup_running_means_and_path():
