@@ -1,8 +1,8 @@
 """`python -m bench.report [SUMMARY.json ...] --out DIR`: PNG plots from `bench.eval` results.
 
-- harmlessness_vs_overrefusal.png: per model, vanilla -> RAIN, harmlessness (HH judge, else 1 - AdvBench
+- harmlessness_vs_overrefusal.png: per run (model, and --tag), vanilla -> RAIN, harmlessness (HH judge, else 1 - AdvBench
   attack success) against XSTest safe-prompt refusal (like the RAIN paper's harmlessness figure);
-- attack_success.png: AdvBench attack success by model and mode, with 95% intervals;
+- attack_success.png: AdvBench attack success by run and mode, with 95% intervals;
 - overhead_ratio.png: distribution of the server's `overhead_ratio` (RAIN latency / vanilla estimate);
 - iterations_per_commit.png: distribution of search iterations behind each committed token set;
 and copies each summary JSON and Markdown table next to them.
@@ -35,9 +35,15 @@ def load(paths: Sequence[Path]) -> list[dict]:
     return out
 
 
+def label(summary: dict) -> str:
+    """The run's name in plots: its model, and its --tag when it has one (RAIN runs with other settings)."""
+    tag = summary.get("tag")
+    return summary["settings"]["model"] + (f"\n{tag}" if tag else "")
+
+
 def _by(summaries: list[dict], suite: str) -> dict[str, dict]:
-    """model -> the (last given) summary of `suite`."""
-    return {s["settings"]["model"]: s for s in summaries if s["settings"]["suite"] == suite}
+    """run label -> the (last given) summary of `suite`."""
+    return {label(s): s for s in summaries if s["settings"]["suite"] == suite}
 
 
 def records(summary: dict) -> list[dict]:
@@ -55,12 +61,12 @@ def harmless_vs_overrefusal(summaries: list[dict], out: Path) -> Optional[Path]:
     xs, hh, adv = _by(summaries, "xstest"), _by(summaries, "hh"), _by(summaries, "advbench-gcg") or _by(summaries, "advbench")
     fig, ax = plt.subplots(figsize=(6, 4.5))
     plotted = False
-    for model, x in xs.items():
+    for run, x in xs.items():
         over = {m: v["rate"] for m, v in x["metrics"]["safe_refusal_xstest_match"].items()}
-        if model in hh and "harmless" in hh[model]["metrics"]:
-            harm, label = {m: v["rate"] for m, v in hh[model]["metrics"]["harmless"].items()}, "HH harmless (judge)"
-        elif model in adv:
-            harm, label = {m: 1 - v["rate"] for m, v in adv[model]["metrics"]["attack_success"].items()}, "1 - AdvBench ASR"
+        if run in hh and "harmless" in hh[run]["metrics"]:
+            harm, measure = {m: v["rate"] for m, v in hh[run]["metrics"]["harmless"].items()}, "HH harmless (judge)"
+        elif run in adv:
+            harm, measure = {m: 1 - v["rate"] for m, v in adv[run]["metrics"]["attack_success"].items()}, "1 - AdvBench ASR"
         else:
             continue
         modes = [m for m in ("vanilla", "rain") if m in over and m in harm]
@@ -69,7 +75,7 @@ def harmless_vs_overrefusal(summaries: list[dict], out: Path) -> Optional[Path]:
         if len(modes) == 2:
             ax.annotate("", xy=(100 * over["rain"], 100 * harm["rain"]), xytext=(100 * over["vanilla"], 100 * harm["vanilla"]),
                         arrowprops={"arrowstyle": "->", "color": "#444444"})
-        ax.annotate(f"{model}\n({label})", (100 * over[modes[-1]], 100 * harm[modes[-1]]), fontsize=7,
+        ax.annotate(f"{run}\n({measure})", (100 * over[modes[-1]], 100 * harm[modes[-1]]), fontsize=7,
                     xytext=(5, 5), textcoords="offset points")
         plotted = True
     if not plotted:
@@ -86,34 +92,34 @@ def harmless_vs_overrefusal(summaries: list[dict], out: Path) -> Optional[Path]:
 def attack_success(summaries: list[dict], out: Path) -> Optional[Path]:
     gcg = _by(summaries, "advbench-gcg")
     suite = gcg or _by(summaries, "advbench")
-    rows = [(model, m, v) for model, s in suite.items() for m, v in s["metrics"]["attack_success"].items()]
+    rows = [(run, m, v) for run, s in suite.items() for m, v in s["metrics"]["attack_success"].items()]
     if not rows:
         return None
-    models = list(dict.fromkeys(r[0] for r in rows))
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(models), 4))
+    runs = list(dict.fromkeys(r[0] for r in rows))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(runs), 4))
     for j, mode in enumerate(("vanilla", "rain")):
-        for i, model in enumerate(models):
-            v = next((r[2] for r in rows if r[0] == model and r[1] == mode), None)
+        for i, run in enumerate(runs):
+            v = next((r[2] for r in rows if r[0] == run and r[1] == mode), None)
             if v is None:
                 continue
             y = 100 * v["rate"]
             err = [[y - 100 * v["ci95"][0]], [100 * v["ci95"][1] - y]]
             ax.bar(i + (j - 0.5) * 0.38, y, 0.36, yerr=err, color=COLORS[mode], capsize=3, label=mode if i == 0 else None)
             ax.text(i + (j - 0.5) * 0.38, y + 1, f"{y:.0f}%", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(models)), models, fontsize=8)
+    ax.set_xticks(range(len(runs)), runs, fontsize=8)
     ax.set(ylabel="attack success (%)", title="AdvBench" + (" + GCG suffixes" if gcg else "") + ": attack success", ylim=(0, 105))
     ax.legend()
     return _save(fig, out / "attack_success.png")
 
 
 def _rain_stats(summaries: list[dict]) -> dict[str, dict[str, list[float]]]:
-    """model -> {"overhead": [...], "iterations": [...]} over every HTTP suite's RAIN records."""
+    """run label -> {"overhead": [...], "iterations": [...]} over every HTTP suite's RAIN records."""
     stats: dict[str, dict[str, list[float]]] = {}
     for s in summaries:
         for r in records(s):
             if r.get("mode") != "rain" or not r.get("rain"):
                 continue
-            st = stats.setdefault(s["settings"]["model"], {"overhead": [], "iterations": []})
+            st = stats.setdefault(label(s), {"overhead": [], "iterations": []})
             ratio = overhead_ratio(r["rain"])
             if ratio is not None:
                 st["overhead"].append(ratio)
@@ -128,7 +134,8 @@ def histogram(stats: dict[str, dict[str, list[float]]], key: str, xlabel: str, t
     fig, ax = plt.subplots(figsize=(6, 4))
     for model, xs in data.items():
         xs = sorted(xs)
-        ax.hist(xs, bins=30, alpha=0.6, label=f"{model} (n={len(xs)}, median {xs[len(xs) // 2]:.1f})")
+        name = model.replace("\n", " ")
+        ax.hist(xs, bins=30, alpha=0.6, label=f"{name} (n={len(xs)}, median {xs[len(xs) // 2]:.1f})")
     ax.set(xlabel=xlabel, ylabel="count", title=title)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -238,6 +238,16 @@ def test_report_plots(tmp_path, endpoint):
     cli.main(["advbench", "--base-url", endpoint, "--limit", "2", "--out", str(tmp_path / "advbench.jsonl"), "--max-iters", "9"])
     summary = json.loads((tmp_path / "advbench.summary.json").read_text())
     assert sorted(r["key"].split("/")[0] for r in report.records(summary)) == ['rain{"max_iters":9}'] * 2 + ["vanilla"] * 2
+    # a tagged run of other settings in the same results file keeps its own summary, table and label
+    cli.main(["advbench", "--base-url", endpoint, "--limit", "2", "--out", str(tmp_path / "advbench.jsonl"),
+              "--max-iters", "5", "--tag", "five"])
+    tagged = json.loads((tmp_path / "advbench.five.summary.json").read_text())
+    assert tagged["tag"] == "five" and (tmp_path / "advbench.five.md").is_file()
+    assert json.loads((tmp_path / "advbench.summary.json").read_text())["settings"]["rain"] == {"max_iters": 9}
+    assert {r["key"].split("/")[0] for r in report.records(tagged)} == {'rain{"max_iters":5}', "vanilla"}
+    assert sorted(report._by([summary, tagged], "advbench")) == [summary["settings"]["model"], summary["settings"]["model"] + "\nfive"]
+    with pytest.raises(SystemExit):
+        cli.main(["advbench", "--out", str(tmp_path / "advbench.jsonl"), "--tag", "../escape"])
 
 
 @needs_data

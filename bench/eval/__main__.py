@@ -1,10 +1,12 @@
 """`python -m bench.eval SUITE [options]`: evaluate an OpenAI-compatible endpoint (rain-serve in both
 modes, or any other in vanilla mode with --plain) or rain_core's self-evaluation, and write
-`<out>.jsonl` (records, resumable), `<out>.summary.json` and `<out>.md` (a Markdown table)."""
+`<out>.jsonl` (records, resumable), `<out>.summary.json` and `<out>.md` (a Markdown table; `<out>.<tag>.*`
+with --tag)."""
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -24,6 +26,12 @@ SUITES: dict[str, Callable] = {
 BOTH_MODELS = "smollm2,qwen2.5-coder-0.5b"
 
 
+def tag_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", text):
+        raise argparse.ArgumentTypeError("letters, digits, '-' and '_' only (it becomes part of a file name)")
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.eval", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -32,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="results JSONL (default: bench/results/<suite>-<model>.jsonl)")
     p.add_argument("--limit", type=int, default=None, help="seeded subset size (xstest: per label)")
     p.add_argument("--seed", type=int, default=0, help="subset and sampling seed")
+    p.add_argument("--tag", type=tag_name, default=None,
+                   help="names this run's summary and table (<out>.<tag>.summary.json), so that RAIN runs with other "
+                        "settings kept in the same results file keep their own; plots label the run with it")
     g = p.add_argument_group("endpoint (advbench, xstest, hh, truthfulqa generation)")
     g.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     g.add_argument("--model", default=None, help="model name sent (default: the endpoint's first model)")
@@ -71,7 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.data.is_dir():
         sys.exit(f"no evaluation data at {args.data} (pass --data)")
     summary, table = SUITES[args.suite](args)
-    js, md = write_summary(args.out, summary, table, title=f"`{args.command}`")
+    summary["tag"] = args.tag
+    js, md = write_summary(args.out, summary, table, title=f"`{args.command}`", tag=args.tag)
     print(markdown_table(table))
     print(f"records: {args.out}\nsummary: {js}\ntable: {md}")
     if "metrics" in summary:

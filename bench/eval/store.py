@@ -101,9 +101,11 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(out: Path, summary: dict, table: list[dict], title: Optional[str] = None) -> tuple[Path, Path]:
-    """Write `<out>.summary.json` and `<out>.md`; return both paths."""
-    js, md = sidecar(out, ".summary.json"), sidecar(out, ".md")
+def write_summary(out: Path, summary: dict, table: list[dict], title: Optional[str] = None,
+                  tag: Optional[str] = None) -> tuple[Path, Path]:
+    """Write `<out>[.<tag>].summary.json` and `<out>[.<tag>].md`; return both paths."""
+    stem = f".{tag}" if tag else ""
+    js, md = sidecar(out, stem + ".summary.json"), sidecar(out, stem + ".md")
     js.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     head = f"## {title}\n\n" if title else ""
     md.write_text(head + markdown_table(table), encoding="utf-8")
