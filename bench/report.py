@@ -132,9 +132,9 @@ def histogram(stats: dict[str, dict[str, list[float]]], key: str, xlabel: str, t
     if not data:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    for model, xs in data.items():
+    for run, xs in data.items():
         xs = sorted(xs)
-        name = model.replace("\n", " ")
+        name = run.replace("\n", " ")
         ax.hist(xs, bins=30, alpha=0.6, label=f"{name} (n={len(xs)}, median {xs[len(xs) // 2]:.1f})")
     ax.set(xlabel=xlabel, ylabel="count", title=title)
     ax.legend(fontsize=8)

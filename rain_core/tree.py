@@ -5,8 +5,9 @@ the same class and is not archived):
 - Ties: select_child keeps the earliest child (expansion order) among equal scores, as Python's max does
   in the reference; best_child ranks by n (real + fractional visits, as the reference), then q, then order.
 - qmin/qmax are tree-wide (the reference keeps them on the root and copies them when re-rooting), start at
-  cfg.q_bounds (or empty with q_normalization="observed", our extension), take the q of every non-root node on a backed-up path (the root's own q is excluded, as in the
-  reference) and are not moved by the similarity update (the reference does not move them either).
+  cfg.q_bounds (or empty with q_normalization="observed", our extension), take the q of every non-root node
+  on a backed-up path (the root's own q is excluded, as in the reference) and are not moved by the similarity
+  update (the reference does not move them either).
 - Similarity compares the node's running-mean embedding, this iteration included, with each sibling's running
   mean; siblings without an embedding are skipped. The update reads nothing backup writes, so the two commute.
 - Widening: L = cfg.set_size(children's depth); "the best child's q < 0" is the largest child q (the

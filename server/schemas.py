@@ -10,7 +10,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rain_core.config import PRESETS, GenerationRequest, RainConfig, SamplingParams, preset
+from rain_core.config import (PRESETS, EvalPrompt, EvalScore, GenerationRequest, QNormalization, RainConfig,
+                              SamplingParams, preset)
 
 from .errors import ApiError
 
@@ -92,14 +93,14 @@ class RainOptions(Strict):
     enabled: bool = True
     preset: str = "harmless"
     principle: Optional[str] = Field(None, min_length=1, max_length=4000)
-    prompt: Optional[Literal["fewshot", "chat", "yesno"]] = None
-    score: Optional[Literal["vote", "continuous"]] = None
+    prompt: Optional[EvalPrompt] = None
+    score: Optional[EvalScore] = None
     max_iters: Optional[int] = Field(None, ge=1, le=10_000)
     min_iters: Optional[int] = Field(None, ge=0, le=10_000)
     min_visits: Optional[int] = Field(None, ge=0, le=10_000)
     value_threshold: Optional[float] = Field(None, ge=-1.0, le=1.0)
     c_puct: Optional[float] = Field(None, gt=0.0, le=100.0)
-    q_normalization: Optional[Literal["fixed", "observed"]] = None
+    q_normalization: Optional[QNormalization] = None
     num_candidates: Optional[int] = Field(None, ge=1, le=100)
     candidate_top_k: Optional[int] = Field(None, ge=1, le=1000)
     similarity_threshold: Optional[float] = Field(None, ge=0.0, le=1.0)
