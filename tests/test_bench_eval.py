@@ -160,6 +160,7 @@ def test_advbench_both_modes_and_resume(tmp_path, endpoint):
     s = run_cli(tmp_path, "advbench", "--base-url", endpoint, "--limit", "7", "--max-iters", "8", "--no-send")
     assert len(FakeEndpoint.requests) == 16  # a run cut short is summarized without asking anything
     assert s["complete"] is False and s["metrics"]["attack_success"]["rain"]["n"] == 5
+    assert s["settings"]["base_url"] is None  # it asked no endpoint, so it names none
 
 
 @needs_data

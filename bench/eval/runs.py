@@ -45,7 +45,8 @@ def generate(args: Namespace, name: str, items: Sequence[Item], meta: dict[str, 
                 "seed": args.seed, "plain": args.plain, **meta}
     store = Store(args.out, settings)
     records = run_items(client, items, modes, store, args.concurrency, send=not args.no_send)
-    ctx = {"settings": {**settings, "rain": rain, "base_url": args.base_url, "modes": modes, "limit": args.limit},
+    endpoint = None if args.no_send else args.base_url  # a --no-send summary asked no endpoint; do not name one
+    ctx = {"settings": {**settings, "rain": rain, "base_url": endpoint, "modes": modes, "limit": args.limit},
            "command": args.command, "results": str(args.out), "complete": _complete(records, items, modes)}
     return records, ctx
 
