@@ -75,8 +75,10 @@ def harmless_vs_overrefusal(summaries: list[dict], out: Path) -> Optional[Path]:
         if len(modes) == 2:
             ax.annotate("", xy=(100 * over["rain"], 100 * harm["rain"]), xytext=(100 * over["vanilla"], 100 * harm["vanilla"]),
                         arrowprops={"arrowstyle": "->", "color": "#444444"})
-        ax.annotate(f"{run}\n({measure})", (100 * over[modes[-1]], 100 * harm[modes[-1]]), fontsize=7,
-                    xytext=(5, 5), textcoords="offset points")
+        x, y = 100 * over[modes[-1]], 100 * harm[modes[-1]]
+        below = y > 85  # a label above a point near the top would run into the title
+        ax.annotate(f"{run}\n({measure})", (x, y), fontsize=7, xytext=(6, -6 if below else 5),
+                    textcoords="offset points", va="top" if below else "bottom")
         plotted = True
     if not plotted:
         plt.close(fig)
