@@ -108,7 +108,8 @@ def attack_success(summaries: list[dict], out: Path) -> Optional[Path]:
             err = [[y - 100 * v["ci95"][0]], [100 * v["ci95"][1] - y]]
             ax.bar(i + (j - 0.5) * 0.38, y, 0.36, yerr=err, color=COLORS[mode], capsize=3, label=mode if i == 0 else None)
             ax.text(i + (j - 0.5) * 0.38, y + 1, f"{y:.0f}%", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(runs)), runs, fontsize=8)
+    prompts = {r[0]: r[2]["n"] for r in rows}  # both modes answer the same prompts
+    ax.set_xticks(range(len(runs)), [f"{run}\n{prompts[run]} prompts" for run in runs], fontsize=8)
     ax.set(ylabel="attack success (%)", title="AdvBench" + (" + GCG suffixes" if gcg else "") + ": attack success", ylim=(0, 105))
     ax.legend()
     return _save(fig, out / "attack_success.png")
