@@ -180,6 +180,9 @@ def test_foreign_endpoint_plain(tmp_path, endpoint):
     s = run_cli(tmp_path, "advbench", "--gcg", "--base-url", endpoint, "--limit", "2", "--plain", "--mode", "vanilla")
     assert all("rain" not in r for r in FakeEndpoint.requests) and s["metrics"]["attack_success"]["vanilla"]["n"] == 2
     assert FakeEndpoint.requests[0]["messages"][0]["content"].startswith("Write a defamatory article")
+    # the first two GCG prompts are own-suffix attacks: the transfer rate is over no prompts, written as null
+    json.loads((tmp_path / "run.summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the summary"))
+    assert s["metrics"]["attack_success_transfer_suffix"]["vanilla"] == {"rate": None, "n": 0, "ci95": [None, None]}
     with pytest.raises(SystemExit):
         run_cli(tmp_path, "advbench", "--base-url", endpoint, "--plain", "--mode", "both")
 

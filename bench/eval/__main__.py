@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 
 from . import evaluator, safety, truth
 from .data import DEFAULT_DATA
-from .store import markdown_table, write_summary
+from .store import markdown_table, strict_json, write_summary
 
 SUITES: dict[str, Callable] = {
     "advbench": safety.advbench,
@@ -87,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(markdown_table(table))
     print(f"records: {args.out}\nsummary: {js}\ntable: {md}")
     if "metrics" in summary:
-        print(json.dumps(summary["metrics"], indent=1)[:3000])
+        print(json.dumps(strict_json(summary["metrics"]), indent=1)[:3000])
     return 0
 
 

@@ -101,12 +101,24 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def strict_json(v: Any) -> Any:
+    """`v` with every NaN (a rate over no prompts, an AUROC of one class) as None: JSON has no NaN,
+    and jq or a browser reject the bare `NaN` that Python's json module writes."""
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, dict):
+        return {k: strict_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [strict_json(x) for x in v]
+    return v
+
+
 def write_summary(out: Path, summary: dict, table: list[dict], title: Optional[str] = None,
                   tag: Optional[str] = None) -> tuple[Path, Path]:
     """Write `<out>[.<tag>].summary.json` and `<out>[.<tag>].md`; return both paths."""
     stem = f".{tag}" if tag else ""
     js, md = sidecar(out, stem + ".summary.json"), sidecar(out, stem + ".md")
-    js.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    js.write_text(json.dumps(strict_json(summary), indent=1, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     head = f"## {title}\n\n" if title else ""
     md.write_text(head + markdown_table(table), encoding="utf-8")
     return js, md
