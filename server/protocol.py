@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from rain_core.config import EngineConfig, GenerationRequest
-from rain_core.events import CommitStats, Totals
+from rain_core.events import CommitStats, TokenLogprob, Totals
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class Delta:
     tokens: int  # size of the committed set
     stats: Optional[CommitStats] = None  # the search behind it (RAIN only)
     finishes: bool = False  # the answer ends with this set: Done follows at once
+    logprobs: Optional[list[TokenLogprob]] = None  # one per token of the set, when the request asks for them
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,8 @@ class Worker:
         finally:
             job.compute_s += time.perf_counter() - started
         if isinstance(event, Commit) and job.id is not None:
-            self.send(Delta(job.id, event.text, len(event.token_ids), event.stats, event.finish_reason is not None))
+            self.send(Delta(job.id, event.text, len(event.token_ids), event.stats, event.finish_reason is not None,
+                            event.logprobs))
         elif isinstance(event, Finish):
             self._finish(job, event)
 
