@@ -100,7 +100,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise ApiError(503, "the server is starting; no worker is ready yet", code="no_worker")
         mode = body.mode(config.default_mode)
         try:
-            generation = await prompts.fit(body.generation(mode, 1), body.token_limit, kind.DEFAULT_MAX_TOKENS)
+            generation = await prompts.fit(body.generation(mode, 1), body.token_limit, kind.DEFAULT_MAX_TOKENS,
+                                          kind.PROMPT_FIELD)
         except RequestError as exc:
             raise ApiError(400, str(exc), exc.param, "invalid_value") from None
         response_id = f"{prefix}{uuid.uuid4().hex}"

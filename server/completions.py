@@ -19,6 +19,7 @@ from .tokens import TokenTexts
 class CompletionRequest(ChoicesBody):
     UNSUPPORTED: ClassVar[dict[str, tuple]] = {**UNSUPPORTED, "echo": (False,), "suffix": (), "best_of": (1,)}
     DEFAULT_MAX_TOKENS: ClassVar[int] = 16  # OpenAI's default for this endpoint
+    PROMPT_FIELD: ClassVar[str] = "prompt"
 
     prompt: str = Field(min_length=1)
     max_tokens: Optional[int] = Field(None, ge=1)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Callable, Optional
 
 from rain_core.config import GenerationRequest
-from rain_core.engine import RequestError, check_fits, request_ids
+from rain_core.engine import RequestError, request_ids
 from rain_core.models import ModelSource, load_tokenizer
 
 from .tokens import TokenTexts
@@ -53,20 +53,20 @@ class Prompts:
     async def off_loop(self, work: Callable, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
 
-    async def fit(self, request: GenerationRequest, limit: Optional[int], default: int) -> GenerationRequest:
-        """`request` with the token budget to run with; raises RequestError when it cannot fit."""
-        self._precheck(request, limit)
-        prompt_tokens = len(await self.off_loop(request_ids, self.tokenizer, request))
-        budget = limit or max(1, min(default, self.context_length - prompt_tokens))
-        check_fits(self.context_length, prompt_tokens, budget)
-        return replace(request, params=replace(request.params, max_new_tokens=budget))
-
-    def _precheck(self, request: GenerationRequest, limit: Optional[int]) -> None:
+    async def fit(self, request: GenerationRequest, limit: Optional[int], default: int,
+                  prompt_field: str) -> GenerationRequest:
+        """`request` with the token budget to run with; raises RequestError (naming `prompt_field` when the
+        prompt alone is too long, else max_tokens) when it cannot fit."""
         chars = len(request.prompt_text) if request.prompt_text is not None else sum(
             len(m["content"]) for m in request.messages)
-        at_least = chars // self.longest_token_chars
-        if at_least + (limit or 1) > self.context_length:
+        self._check(chars // self.longest_token_chars, limit, prompt_field, f"the prompt's {chars} characters are at least")
+        prompt_tokens = len(await self.off_loop(request_ids, self.tokenizer, request))
+        self._check(prompt_tokens, limit, prompt_field, "the prompt has")
+        budget = limit or min(default, self.context_length - prompt_tokens)
+        return replace(request, params=replace(request.params, max_new_tokens=budget))
+
+    def _check(self, prompt_tokens: int, limit: Optional[int], prompt_field: str, counted: str) -> None:
+        if prompt_tokens + (limit or 1) > self.context_length:
             raise RequestError(
-                f"this model's context is {self.context_length} tokens; the prompt's {chars} characters are at "
-                f"least {at_least} tokens, and the answer needs at least {limit or 1} more",
-                "max_tokens" if limit else "messages" if request.prompt_text is None else "prompt")
+                f"this model's context is {self.context_length} tokens; {counted} {prompt_tokens} tokens and the "
+                f"answer asks for {limit or 1} more", "max_tokens" if limit else prompt_field)

@@ -76,6 +76,8 @@ class ResponsesRequest(GenerationBody):
         "stream_options": (),
     }
 
+    PROMPT_FIELD: ClassVar[str] = "input"
+
     input: Annotated[list[InputMessage], WithJsonSchema({"anyOf": [
         {"type": "string"}, {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/InputMessage"}}]})
     ] = Field(min_length=1)

@@ -104,6 +104,7 @@ class GenerationBody(Strict):
 
     UNSUPPORTED: ClassVar[dict[str, tuple]] = UNSUPPORTED
     DEFAULT_MAX_TOKENS: ClassVar[int] = 256  # when the client sets no limit (less if the context has less room)
+    PROMPT_FIELD: ClassVar[str] = "messages"  # named by the 400 of a prompt too long for the context
 
     model: str
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0)

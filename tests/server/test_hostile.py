@@ -72,7 +72,7 @@ def test_health_stays_fast_while_a_huge_prompt_is_checked(rain_server):
     b'{"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
     b'{"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "top_p": -Infinity}',
     b'{"model": "smollm2", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
-    b'{"model": "smollm2", "messages": [{"role": "user", "content": {"nested": ' + b"[" * 50 + b"]" * 50 + b"}}]}',
+    b'{"model": "smollm2", "messages": [{"role": "user", "content": {"nested": ' + b"[" * 50 + b"]" * 50 + b"}}]}",
 ])
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_malformed_bodies_are_400s(rain_server, path, raw):
