@@ -1,4 +1,4 @@
-"""HTTP routes: the OpenAI chat-completions and models endpoints, /health and /metrics.
+"""HTTP routes: the OpenAI chat-completions and models endpoints, /health, /metrics and the playground (/).
 
 The API process never runs the model: it validates, queues and relays, so its event loop stays free
 to answer /health and /metrics while the workers search.
@@ -23,6 +23,7 @@ from .chat import ChatRun, unless_disconnected
 from .config import ServerConfig
 from .errors import ApiError, install_handlers
 from .metrics import Metrics
+from .playground import router as playground
 from .pool import Job, Pool
 from .prompts import Prompts
 from .schemas import parse_chat_request
@@ -99,6 +100,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return Response(status_code=CLIENT_CLOSED) if result is None else JSONResponse(result)
 
     app.include_router(v1)
+    app.include_router(playground)
 
     @app.get("/health")
     async def health() -> JSONResponse:
