@@ -168,7 +168,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         if admitted.body.stream:
             return EventSourceResponse(renderer.stream(run, in_band), ping=KEEPALIVE_S, sep="\n")
         result = await unless_disconnected(request, run.outcome())
-        return Response(status_code=CLIENT_CLOSED) if result is None else JSONResponse(renderer.complete(run, result))
+        return Response(status_code=CLIENT_CLOSED) if result is None else JSONResponse(renderer.complete(result))
 
     app.include_router(v1)
     app.include_router(playground)

@@ -1,6 +1,5 @@
-"""What one request may cost the API process before it queues: a bounded body, JSON without NaN or
-deep nesting, and prompt work run off the event loop, so a hostile client never stalls /health or
-another client's stream."""
+"""What one request may cost the API process before it is validated: a bounded body, and JSON without
+NaN, Infinity or deep nesting (prompts.py keeps the prompt's own cost off the event loop)."""
 from __future__ import annotations
 
 import json

@@ -125,16 +125,21 @@ class ChunkChoice(Doc):
     finish_reason: Optional[Literal["stop", "length"]]
 
 
-class ChatCompletionChunk(Doc):
-    """One `data:` event of a streamed chat completion (the stream ends with `data: [DONE]`)."""
+class Chunked(Doc):
+    """What a chunk of a stream (and a whole text completion) carries besides its choices."""
 
     id: str
-    object: Literal["chat.completion.chunk"]
     created: int
     model: str
-    choices: list[ChunkChoice]
     usage: Optional[Usage] = None
     rain: Optional[Union[StreamedRain, RainSummary]] = None
+
+
+class ChatCompletionChunk(Chunked):
+    """One `data:` event of a streamed chat completion (the stream ends with `data: [DONE]`)."""
+
+    object: Literal["chat.completion.chunk"]
+    choices: list[ChunkChoice]
 
 
 class CompletionLogprobs(Doc):
@@ -152,16 +157,11 @@ class CompletionChoice(Doc):
     rain: Optional[RainSummary] = None  # non-streamed
 
 
-class TextCompletion(Doc):
+class TextCompletion(Chunked):
     """A text completion, whole or (streamed, one per `data:` event, then `data: [DONE]`) one chunk."""
 
-    id: str
     object: Literal["text_completion"]
-    created: int
-    model: str
     choices: list[CompletionChoice]
-    usage: Optional[Usage] = None
-    rain: Optional[Union[StreamedRain, RainSummary]] = None
 
 
 class OutputText(Doc):

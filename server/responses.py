@@ -19,7 +19,7 @@ from rain_core.config import GenerationRequest, RainConfig, SamplingParams
 from . import render
 from .chat import ROLES
 from .errors import ApiError
-from .run import Run
+from .run import Outcome, Run
 from .schemas import UNSUPPORTED, GenerationBody, Strict, empty_or_none, text_or_parts
 
 
@@ -122,14 +122,13 @@ class ResponseRender:
     def _part(text: str) -> dict:
         return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
-    def response(self, status: str, text: Optional[str] = None, run: Optional[Run] = None, done=None,
-                 commits: Optional[list[dict]] = None) -> dict:
+    def response(self, status: str, text: str = "", done=None, rain: Optional[dict] = None) -> dict:
         """The `response` object: in progress (no output yet), completed, or incomplete."""
         finished = done is not None
         return {
             "id": self.id, "object": "response", "created_at": self.created, "status": status,
             "model": self.model,
-            "output": [self._message(text or "", "completed")] if finished else [],
+            "output": [self._message(text, "completed")] if finished else [],
             "usage": _usage(done) if finished else None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "error": None,
@@ -141,16 +140,16 @@ class ResponseRender:
             "text": {"format": {"type": "text"}}, "truncation": "disabled", "store": False,
             "metadata": {}, "previous_response_id": None, "reasoning": None,
             "user": self.body.user,
-            "rain": render.rain_summary(run.job, done, commits) if finished else None,
+            "rain": rain,
         }
 
     @staticmethod
     def status(done) -> str:
         return "incomplete" if render.finish_reason(done) == "length" else "completed"
 
-    def complete(self, run: Run, outcome) -> dict:
-        commits = [render.commit_stats(d) for d in outcome.deltas] if run.job.mode == "rain" else None
-        return self.response(self.status(outcome.done), outcome.text, run, outcome.done, commits)
+    def complete(self, outcome: Outcome) -> dict:
+        return self.response(self.status(outcome.done), outcome.text, outcome.done,
+                             render.full_summary(outcome.job, outcome.deltas, outcome.done))
 
     def _event(self, kind: str, **fields) -> dict:
         """One SSE event: the `event:` line names it, and the data repeats it as `type`, as OpenAI does."""
@@ -180,4 +179,5 @@ class ResponseRender:
         yield self._event("response.output_text.done", **where, text=text, logprobs=[])
         yield self._event("response.content_part.done", **where, part=self._part(text))
         yield self._event("response.output_item.done", output_index=0, item=self._message(text, "completed"))
-        yield self._event("response.completed", response=self.response(self.status(done), text, run, done))
+        yield self._event("response.completed",
+                          response=self.response(self.status(done), text, done, render.rain_summary(run.job, done)))
