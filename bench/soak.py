@@ -83,6 +83,14 @@ class Report:
 
 
 # judging one response ----------------------------------------------------------------------------
+def json_body(raw) -> object:
+    """The parsed body, or None where it is not JSON (which the judges count as lost)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
 def error_result(status: int, body: object, entitled: set[int]) -> str:
     """An error response: entitled when its status is and it has the OpenAI shape."""
     error = body.get("error") if isinstance(body, dict) else None
@@ -115,9 +123,12 @@ def judge_stream(payloads: list[str]) -> Judged:
     """A streamed response's data payloads: one finish and [DONE], or an in-band entitled error."""
     if not payloads or payloads[-1] != "[DONE]" or payloads.count("[DONE]") != 1:
         return Judged("lost: stream cut before [DONE]")
-    chunks = [json.loads(p) for p in payloads[:-1]]
+    chunks = [json_body(p) for p in payloads[:-1]]
+    if not all(isinstance(c, dict) for c in chunks):
+        return Judged("lost: a payload that is not a JSON object")
     if chunks and "error" in chunks[-1]:  # in-band: the status it would have had
-        status = IN_BAND_STATUS.get(chunks[-1]["error"].get("type"), 500)
+        error = chunks[-1]["error"]
+        status = IN_BAND_STATUS.get(error.get("type"), 500) if isinstance(error, dict) else 500
         return Judged(error_result(status, chunks[-1], ENTITLED_GOOD))
     finishes = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"] is not None]
     if len(finishes) != 1:
@@ -139,14 +150,6 @@ def post_plain(client: httpx.Client, kind: str, body: bytes, good: bool, key: Op
                            **({"timeout": timeout} if timeout else {}))
     judged = judge_plain(response.status_code, json_body(response.read()), good)
     return Outcome(kind, judged.result, judged.text, key, judged.resumed)
-
-
-def json_body(raw: bytes) -> object:
-    """The parsed body, or None where it is not JSON (which judge_plain counts as lost)."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
 
 
 def post_stream(client: httpx.Client, kind: str, body: dict, key: Optional[str], abandon_after: int = 0) -> Outcome:
@@ -194,7 +197,7 @@ def client_loop(base_url: str, deadline: float, seed: int, outcomes: list[Outcom
             kind = rng.choice(KINDS)
             try:
                 outcomes.append(request(client, kind, rng))
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, KeyError, TypeError) as exc:  # no answer, or not one of the API's shape
                 outcomes.append(Outcome(kind, f"lost: {type(exc).__name__}"))
             if outcomes[-1].result.startswith("error 429") or outcomes[-1].result.startswith("error 503 no_worker"):
                 time.sleep(0.5)  # as a client told to retry would
