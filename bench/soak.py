@@ -96,7 +96,7 @@ def error_result(status: int, body: object, entitled: set[int]) -> str:
     error = body.get("error") if isinstance(body, dict) else None
     shaped = isinstance(error, dict) and {"message", "type", "param", "code"} <= error.keys()
     if status in entitled and shaped:
-        return f"error {status} {error['code']}"
+        return f"error {status} {error['code'] or error['type']}"  # a body that is not JSON has no code
     return f"lost: status {status}" + ("" if shaped else " without an OpenAI error")
 
 
