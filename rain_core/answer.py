@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .config import Resume
-from .events import Commit, CommitStats, FinishReason
+from .events import Commit, CommitStats, FinishReason, TokenLogprob
 from .text import IncrementalDecoder, StopMatcher
 
 
@@ -22,7 +22,8 @@ class Answer:
     def remaining(self) -> int:
         return self.max_new_tokens - len(self.ids)
 
-    def commit(self, token_ids: list[int], stats: Optional[CommitStats] = None) -> Commit:
+    def commit(self, token_ids: list[int], stats: Optional[CommitStats] = None,
+               logprobs: Optional[list[TokenLogprob]] = None) -> Commit:
         """Append a token set, cut at an end-of-turn token, a stop sequence or the length limit."""
         ids = list(token_ids[: self.remaining])
         ended = next((i for i, t in enumerate(ids) if t in self.end_ids), None)
@@ -37,7 +38,8 @@ class Answer:
         if self.finish_reason is not None:
             delta += self._stops.feed(self._decoder.flush()) + self._stops.flush()
         self.text += delta
-        return Commit(token_ids=ids, text=delta, stats=stats, finish_reason=self.finish_reason)
+        return Commit(token_ids=ids, text=delta, stats=stats, finish_reason=self.finish_reason,
+                      logprobs=None if logprobs is None else logprobs[: len(ids)])
 
     def end(self, reason: FinishReason) -> str:
         """Finish early (cancel, budget): return the text still held back."""

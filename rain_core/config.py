@@ -92,6 +92,7 @@ class SamplingParams:
     seed: Optional[int] = None
     temperature: Optional[float] = None  # None: greedy for vanilla, the paper's values for RAIN
     top_p: Optional[float] = None
+    logprobs: Optional[int] = None  # None: none; k: each answer token's log-prob and the k most likely at its place
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,13 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     rain: Optional[RainConfig] = None  # None: plain (vanilla) decoding
     resume: Optional[Resume] = None  # continue an answer another engine started
+    # A text completion: the model continues this text as it is, without the chat template; `messages`
+    # then hold it as the user's turn, which is what the self-evaluation judges the answer against.
+    prompt_text: Optional[str] = None
+
+    @classmethod
+    def completion(cls, text: str, params: SamplingParams, rain: Optional[RainConfig] = None) -> "GenerationRequest":
+        return cls(({"role": "user", "content": text},), params, rain, prompt_text=text)
 
 
 Device = str

@@ -42,6 +42,22 @@ def prompt_ids(tokenizer, messages) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
+def text_prompt_ids(tokenizer, text: str) -> list[int]:
+    """A text completion's prompt: the text as the model continues it (with the tokenizer's own BOS,
+    if it has one); control-token strings in it are text, never control tokens."""
+    ids = tokenizer(text, split_special_tokens=True).input_ids
+    if not ids:
+        raise RequestError("prompt must not be empty", "prompt")
+    return ids
+
+
+def request_ids(tokenizer, request: GenerationRequest) -> list[int]:
+    """What the model is fed before the answer: the chat-templated messages, or a completion's text."""
+    if request.prompt_text is not None:
+        return text_prompt_ids(tokenizer, request.prompt_text)
+    return prompt_ids(tokenizer, request.messages)
+
+
 def check_fits(context_length: int, prompt_tokens: int, max_new_tokens: int) -> None:
     if prompt_tokens + max_new_tokens > context_length:
         raise RequestError(
@@ -119,6 +135,9 @@ class Engine:
     def prompt_ids(self, messages) -> list[int]:
         return prompt_ids(self.tokenizer, messages)
 
+    def request_ids(self, request: GenerationRequest) -> list[int]:
+        return request_ids(self.tokenizer, request)
+
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         check_fits(self.context_length, prompt_tokens, max_new_tokens)
 
@@ -128,7 +147,7 @@ class Engine:
         frees its caches; `cancel` ends it at the next token or search iteration. A request with a
         `resume` continues that answer: its sets are replayed silently (the client has their text)."""
         started = time.perf_counter()
-        prompt = self.prompt_ids(request.messages)
+        prompt = self.request_ids(request)
         params = request.params
         self.check_fits(len(prompt), params.max_new_tokens)
         totals = Totals(prompt_tokens=len(prompt))
@@ -169,7 +188,7 @@ class Engine:
                         tail = answer.end(step.finish_reason)
                         yield Commit([], tail, finish_reason=answer.finish_reason)
                         break
-                    commit = answer.commit(step.token_ids, step.stats)
+                    commit = answer.commit(step.token_ids, step.stats, step.logprobs)
                     totals.commits += 1
                     yield commit
                     if answer.finish_reason:

@@ -18,12 +18,28 @@ class CommitStats:
     value: float  # q of the chosen child
 
 
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """An answer token's log-probability under the model, with the most likely tokens at its place."""
+
+    token_id: int
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
 @dataclass
 class Commit:
     token_ids: list[int]
     text: str  # safe delta: never ends inside a multi-byte character
     stats: Optional[CommitStats] = None  # None for vanilla decoding
     finish_reason: Optional[FinishReason] = None  # set on the commit that ends the answer
+    logprobs: Optional[list[TokenLogprob]] = None  # one per token of token_ids, when the request asks for them
 
 
 @dataclass

@@ -16,6 +16,7 @@ from .answer import Answer
 from .branches import Branch, RowSpec, grow_branches
 from .config import GenerationRequest
 from .events import Commit, CommitStats, Finish, SearchTick, Totals
+from .logprobs import maybe_logprobs
 from .tree import Node, Tree, clip_greedy_prior
 
 TAIL_TOKENS = 8  # enough trailing tokens to see the last character of the text
@@ -33,6 +34,7 @@ class RainSearch:
         self.committed: list[int] = list(answer.ids)
         self.committed_len = len(prompt) + len(self.committed)
         self.answer, self.generator, self.totals = answer, generator, totals
+        self.top_logprobs = request.params.logprobs
         self.deadline = time.perf_counter() + self.cfg.time_budget_s if self.cfg.time_budget_s else None
         # set sizes follow the answer depth, which counts commits: a resumed root sits where the last one left it
         self.tree = Tree(Node(tokens=(), prior=1.0, depth=totals.commits - 1), self.cfg)
@@ -56,18 +58,26 @@ class RainSearch:
                     if self.tree.should_stop_early():
                         break
                 child = self.tree.best_child(self.tree.root)
-                yield Commit(list(child.tokens), "", CommitStats(done, self.tree.size(), child.n, child.q))
-                self._advance(child)
+                stats = CommitStats(done, self.tree.size(), child.n, child.q)
+                logprobs = self._advance(child)
+                yield Commit(list(child.tokens), "", stats, logprobs=logprobs)
         finally:
             self.evaluation.close()
 
-    def _advance(self, child: Node) -> None:
-        """Grow the committed cache by the chosen set and make it the root (its subtree is kept)."""
+    def _advance(self, child: Node):
+        """Grow the committed cache by the chosen set and make it the root (its subtree is kept);
+        return the set's log-probabilities under the model when the request asks for them."""
         self.runner.truncate(self.cache, self.committed_len)
-        self.root_logits = self.runner.forward(self.cache, torch.tensor(child.tokens), totals=self.totals)[-1]
-        self.committed_len += len(child.tokens)
-        self.committed.extend(child.tokens)
+        tokens = list(child.tokens)
+        logits = self.runner.forward(self.cache, torch.tensor(tokens), logits_at=torch.arange(len(tokens)),
+                                     totals=self.totals)
+        # row i of the set's forward predicts token i + 1; the first token was drawn at the old root
+        logprobs = maybe_logprobs(torch.cat([self.root_logits.view(1, -1), logits[:-1]]), tokens, self.top_logprobs)
+        self.root_logits = logits[-1]
+        self.committed_len += len(tokens)
+        self.committed.extend(tokens)
         self.tree.commit(child)
+        return logprobs
 
     # inner loop ------------------------------------------------------------------------------
     def _iterate(self) -> None:

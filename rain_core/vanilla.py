@@ -7,6 +7,7 @@ import torch
 
 from .config import SamplingParams
 from .events import Commit, Totals
+from .logprobs import maybe_logprobs
 from .runner import ModelRunner
 from .sampling import sample
 
@@ -22,5 +23,6 @@ def vanilla_tokens(
     """Propose one token at a time from the prompt's last `logits`, extending `cache` as it goes."""
     while True:
         token = sample(logits, generator, params.temperature, top_p=params.top_p or 1.0)
-        yield Commit([int(token)], "")
+        ids = [int(token)]
+        yield Commit(ids, "", logprobs=maybe_logprobs(logits.view(1, -1), ids, params.logprobs))
         logits = runner.forward(cache, token.view(1, 1), totals=totals)

@@ -1,4 +1,5 @@
-"""HTTP routes: the OpenAI chat-completions and models endpoints, /health and /metrics.
+"""HTTP routes: the OpenAI chat-completions, completions, responses and models endpoints, /health and
+/metrics.
 
 The API process never runs the model: it validates, queues and relays, so its event loop stays free
 to answer /health and /metrics while the workers search.
@@ -6,10 +7,13 @@ to answer /health and /metrics while the workers search.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -19,18 +23,36 @@ from sse_starlette import EventSourceResponse
 from rain_core.engine import RequestError
 from rain_core.models import resolve
 
-from .chat import ChatRun, unless_disconnected
+from . import openapi
+from .chat import ChatCompletionRequest, ChatRender
+from .completions import CompletionRender, CompletionRequest
 from .config import ServerConfig
 from .errors import ApiError, install_handlers
+from .limits import read_body
 from .metrics import Metrics
 from .pool import Job, Pool
 from .prompts import Prompts
-from .schemas import parse_chat_request
+from .responses import ResponseRender, ResponsesRequest
+from .run import Run, interleaved, outcomes, unless_disconnected
+from .schemas import Body, choice_requests, parse_request
 
 log = logging.getLogger("rain_serve")
 
 KEEPALIVE_S = 10  # SSE comment lines while a long search has nothing to commit yet
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the request"; nobody reads it
+
+
+@dataclass
+class Admitted:
+    """A validated request whose choices are queued: one Run per choice."""
+
+    body: Body
+    id: str
+    runs: list[Run]
+
+    @property
+    def created(self) -> int:
+        return self.runs[0].job.created
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -48,7 +70,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         yield
         await pool.close()  # uvicorn has drained the requests by now
 
-    app = FastAPI(title="rain-serve", lifespan=lifespan)
+    app = FastAPI(title="rain-serve", version="0.1.0", lifespan=lifespan, description=openapi.DESCRIPTION)
     install_handlers(app, metrics.error)
 
     def authorize(request: Request) -> None:
@@ -69,46 +91,95 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise ApiError(404, f"the model {name!r} does not exist; this server serves {model!r}", "model",
                            "model_not_found")
 
-    @v1.get("/models")
-    async def list_models() -> dict:
-        return {"object": "list", "data": [model_card()]}
-
-    @v1.get("/models/{name:path}")
-    async def get_model(name: str) -> dict:
-        known_model(name)
-        return model_card()
-
-    @v1.post("/chat/completions")
-    async def chat_completions(request: Request):
-        body = parse_chat_request(await request.body())
+    async def admit(request: Request, kind: type[Body], prefix: str) -> Admitted:
+        """Validate, fit the prompt into the context and queue every choice, or raise the ApiError."""
+        raw = await read_body(request, config.max_request_bytes)
+        body = await prompts.off_loop(parse_request, kind, raw)
         known_model(body.model)
         if not prompts.ready:
             raise ApiError(503, "the server is starting; no worker is ready yet", code="no_worker")
         mode = body.mode(config.default_mode)
         try:
-            max_new_tokens = prompts.max_new_tokens(body.chat_messages(), body.token_limit)
+            generation = await prompts.fit(body.generation(mode, 1), body.token_limit, kind.DEFAULT_MAX_TOKENS)
         except RequestError as exc:
             raise ApiError(400, str(exc), exc.param, "invalid_value") from None
-        job = Job(f"chatcmpl-{uuid.uuid4().hex}", body.generation(mode, max_new_tokens), mode)
-        pool.submit(job)
-        log.info("%s: %s, %d max tokens%s", job.id, mode, max_new_tokens, f", user {body.user!r}" if body.user else "")
-        run = ChatRun(pool, metrics, job, model, config.request_timeout)
-        if body.stream:
-            return EventSourceResponse(run.stream(body.include_usage), ping=KEEPALIVE_S, sep="\n")
-        result = await unless_disconnected(request, run.complete())
-        return Response(status_code=CLIENT_CLOSED) if result is None else JSONResponse(result)
+        response_id = f"{prefix}{uuid.uuid4().hex}"
+        choices = choice_requests(generation, body.choices)
+        jobs = [Job(response_id if len(choices) == 1 else f"{response_id}-{i}", r, mode) for i, r in enumerate(choices)]
+        pool.submit(jobs)
+        log.info("%s: %s, %d choice(s), %d max tokens%s", response_id, mode, len(jobs),
+                 generation.params.max_new_tokens, f", user {body.user!r}" if body.user else "")
+        return Admitted(body, response_id, [Run(pool, metrics, job, config.request_timeout) for job in jobs])
+
+    def in_band(error: ApiError) -> None:
+        metrics.error(error.type)
+
+    async def choices_stream(admitted: Admitted, renderer) -> AsyncIterator[str]:
+        """Chat and text completion chunks: every choice's sets as they come, then usage and [DONE]."""
+        for opening in renderer.opening(len(admitted.runs)):
+            yield opening
+        dones = []
+        try:
+            async for index, run, step in interleaved(admitted.runs):
+                yield renderer.step(index, run, step)
+                if step.done is not None:
+                    dones.append(step.done)
+            if admitted.body.include_usage:
+                yield renderer.usage(dones)
+        except ApiError as error:  # the stream has started: the error goes in-band
+            in_band(error)
+            yield json.dumps(error.body())
+        yield "[DONE]"
+
+    async def choices_response(request: Request, admitted: Admitted, renderer):
+        if admitted.body.stream:
+            return EventSourceResponse(choices_stream(admitted, renderer), ping=KEEPALIVE_S, sep="\n")
+        result = await unless_disconnected(request, outcomes(admitted.runs))
+        return Response(status_code=CLIENT_CLOSED) if result is None else JSONResponse(renderer.completion(result))
+
+    @v1.get("/models", **openapi.MODELS)
+    async def list_models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @v1.get("/models/{name:path}", **openapi.MODEL)
+    async def get_model(name: str) -> dict:
+        known_model(name)
+        return model_card()
+
+    @v1.post("/chat/completions", **openapi.CHAT)
+    async def chat_completions(request: Request):
+        admitted = await admit(request, ChatCompletionRequest, "chatcmpl-")
+        renderer = ChatRender(admitted.id, admitted.created, model, prompts.texts, admitted.body.include_usage)
+        return await choices_response(request, admitted, renderer)
+
+    @v1.post("/completions", **openapi.COMPLETIONS)
+    async def completions(request: Request):
+        admitted = await admit(request, CompletionRequest, "cmpl-")
+        renderer = CompletionRender(admitted.id, admitted.created, model, prompts.texts, admitted.body.include_usage)
+        return await choices_response(request, admitted, renderer)
+
+    @v1.post("/responses", **openapi.RESPONSES)
+    async def responses(request: Request):
+        admitted = await admit(request, ResponsesRequest, "resp_")
+        (run,) = admitted.runs
+        renderer = ResponseRender(admitted.id, admitted.created, admitted.body, model, run.job.request.params.max_new_tokens)
+        if admitted.body.stream:
+            return EventSourceResponse(renderer.stream(run, in_band), ping=KEEPALIVE_S, sep="\n")
+        result = await unless_disconnected(request, run.outcome())
+        return Response(status_code=CLIENT_CLOSED) if result is None else JSONResponse(renderer.complete(run, result))
 
     app.include_router(v1)
 
-    @app.get("/health")
+    @app.get("/health", **openapi.HEALTH)
     async def health() -> JSONResponse:
         ready = pool.alive() > 0 and prompts.ready
         body = {"status": "ok" if ready else "unavailable", "model": model, "running": len(pool.running),
                 "waiting": len(pool.waiting), "workers": pool.describe()}
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", **openapi.METRICS)
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    openapi.install(app)
     return app

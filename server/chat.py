@@ -1,109 +1,149 @@
-"""One admitted chat completion, from the pool's events to the client's last byte: enforces
---request-timeout, cancels the job when the client goes away, records the metrics."""
+"""POST /v1/chat/completions: the request, and the chat.completion and chat.completion.chunk bodies."""
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from contextlib import contextmanager, suppress
-from typing import AsyncIterator, Awaitable, Optional, TypeVar, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Sequence
 
-from starlette.requests import Request
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from rain_core.config import GenerationRequest, RainConfig, SamplingParams
 
 from . import render
-from .errors import ApiError
-from .metrics import Metrics
-from .pool import Job, Pool
-from .protocol import Delta, Done, Failed
+from .protocol import Delta, Done
+from .run import Outcome, Run, Step
+from .schemas import MAX_TOP_LOGPROBS, UNSUPPORTED, ChoicesBody, Strict, empty_or_none, text_or_parts
+from .tokens import TokenTexts
 
-T = TypeVar("T")
-
-
-class ChatRun:
-    def __init__(self, pool: Pool, metrics: Metrics, job: Job, model: str, timeout_s: float):
-        self.pool, self.metrics, self.job, self.model = pool, metrics, job, model
-        self.deadline = job.arrived + timeout_s
-        self.timeout_s = timeout_s
-
-    async def next_event(self) -> Union[Delta, Done]:
-        try:
-            message = await asyncio.wait_for(self.job.events.get(), self.deadline - time.monotonic())
-        except asyncio.TimeoutError:
-            raise ApiError(504, f"the request ran longer than the server's --request-timeout "
-                                f"({self.timeout_s:g} s)", code="request_timeout") from None
-        if isinstance(message, Failed):
-            raise ApiError(message.status, message.message, message.param, message.code)
-        if isinstance(message, Delta) and message.tokens and self.job.first_token is None:
-            self.job.first_token, self.job.first_tokens = time.monotonic(), message.tokens
-        if isinstance(message, Done):
-            self.metrics.finished(self.job, message, render.finish_reason(message))
-        return message
-
-    @contextmanager
-    def _outcome(self):
-        """Count a request that ends without a Done, and withdraw it from its worker."""
-        try:
-            yield
-        except ApiError:
-            self.metrics.ended(self.job, "error")
-            raise
-        except BaseException:  # cancelled: the client went away
-            self.metrics.ended(self.job, "cancelled")
-            raise
-        finally:
-            self.pool.cancel(self.job)  # a no-op once it has finished
-
-    async def complete(self) -> dict:
-        texts: list[str] = []
-        commits: Optional[list[dict]] = [] if self.job.mode == "rain" else None
-        with self._outcome():
-            while isinstance(message := await self.next_event(), Delta):
-                texts.append(message.text)
-                if commits is not None:
-                    commits.append(render.commit_stats(message))
-        return render.completion(self.job, self.model, "".join(texts), message, commits)
-
-    async def stream(self, include_usage: bool) -> AsyncIterator[str]:
-        chunks = render.Chunks(self.job, self.model, include_usage)
-        yield chunks.role()
-        try:
-            with self._outcome():
-                finished = False
-                while isinstance(message := await self.next_event(), Delta):
-                    if message.finishes:  # Done follows at once: the last content chunk carries it
-                        done = await self.next_event()
-                        assert isinstance(done, Done), "a worker sends Done right after the last set"
-                        yield chunks.content(message, done)
-                        message, finished = done, True
-                        break
-                    yield chunks.content(message)
-            if not finished:  # a generation stopped by its cancel flag ends without a last set
-                yield chunks.finish(message)
-            if include_usage:
-                yield chunks.usage(message)
-        except ApiError as error:  # the stream has started: the error goes in-band
-            self.metrics.error(error.type)
-            yield json.dumps(error.body())
-        yield "[DONE]"
+# Fields of assistant turns echoed back from earlier responses, empty when there were no tools.
+MESSAGE_EMPTY_FIELDS = ("name", "refusal", "tool_calls", "function_call", "audio", "annotations")
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> Optional[T]:
-    """Await `work`, or cancel it when the client disconnects first (None then). Uvicorn does not
-    cancel a handler whose client left, so this is how a non-streamed search learns to stop."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
-        return None
-    return task.result()
+class Message(Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[str, text_or_parts(["text"])]
+    name: Any = None
+    refusal: Any = None
+    tool_calls: Any = None
+    function_call: Any = None
+    audio: Any = None
+    annotations: Any = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _join_text_parts(cls, content: Any) -> Any:
+        if not isinstance(content, list):
+            return content
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(f"only text content parts are supported, not {kind!r}")
+        return "\n".join(part["text"] for part in content)
+
+    @field_validator(*MESSAGE_EMPTY_FIELDS)
+    @classmethod
+    def _must_be_empty(cls, value: Any) -> Any:
+        return empty_or_none(value)
+
+    def turn(self) -> dict:
+        return {"role": ROLES[self.role], "content": self.content}
 
 
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+class ChatCompletionRequest(ChoicesBody):
+    UNSUPPORTED: ClassVar[dict[str, tuple]] = {
+        **UNSUPPORTED,
+        "functions": ([],),
+        "function_call": ("none",),
+        "response_format": ({"type": "text"},),
+        "modalities": (["text"],),
+        "audio": (),
+        "prediction": (),
+        "reasoning_effort": (),
+        "verbosity": (),
+        "web_search_options": (),
+        "moderation": (),
+    }
+
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ChatCompletionRequest":
+        if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
+            raise ValueError("max_tokens and max_completion_tokens disagree; send one of them")
+        return self
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, top: Optional[int], info: ValidationInfo) -> Optional[int]:
+        if top and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs=true")
+        return top
+
+    @property
+    def token_limit(self) -> Optional[int]:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def top_logprobs_count(self) -> Optional[int]:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def chat_messages(self) -> tuple[dict, ...]:
+        return tuple(m.turn() for m in self.messages)
+
+    def with_prompt(self, params: SamplingParams, rain: Optional[RainConfig]) -> GenerationRequest:
+        return GenerationRequest(self.chat_messages(), params, rain)
+
+
+class ChatRender:
+    """One chat completion's bodies, streamed (as JSON strings) or whole."""
+
+    def __init__(self, response_id: str, created: int, model: str, texts: TokenTexts, include_usage: bool = False):
+        self.id, self.created, self.model, self.texts = response_id, created, model, texts
+        self.include_usage = include_usage
+
+    def _logprobs(self, deltas: Sequence[Delta]) -> dict:
+        return {"content": [e for d in deltas for e in self.texts.chat_content(d.logprobs or [])], "refusal": None}
+
+    def completion(self, outcomes: Sequence[Outcome]) -> dict:
+        choices = [{
+            "index": i,
+            "message": {"role": "assistant", "content": o.text, "refusal": None},
+            "logprobs": self._logprobs(o.deltas) if o.wants_logprobs else None,
+            "finish_reason": render.finish_reason(o.done),
+            "rain": render.full_summary(o.job, o.deltas, o.done),
+        } for i, o in enumerate(outcomes)]
+        body = {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+                "choices": choices, "usage": render.usage([o.done for o in outcomes])}
+        if len(outcomes) == 1:
+            body["rain"] = choices[0]["rain"]  # the one choice's, where clients of n=1 read it
+        return body
+
+    def _chunk(self, choices: list[dict], **extra) -> str:
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": choices}
+        if self.include_usage:
+            body["usage"] = None  # as OpenAI does: only the last chunk carries usage
+        return json.dumps({**body, **extra})
+
+    def opening(self, choices: int) -> list[str]:
+        """Each choice's first chunk, which names the role."""
+        return [self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                              "finish_reason": None}]) for i in range(choices)]
+
+    def step(self, index: int, run: Run, step: Step) -> str:
+        """One committed set (under RAIN with its search), or the end of a choice with its summary."""
+        delta, done = step.delta, step.done
+        choice = {"index": index, "delta": {"content": delta.text} if delta else {},
+                  "logprobs": self._logprobs([delta]) if delta and run.wants_logprobs else None,
+                  "finish_reason": done and render.finish_reason(done)}
+        rain = render.commit_stats(delta) if delta and run.job.mode == "rain" else {}
+        if done is not None:
+            rain = {**rain, "summary": render.rain_summary(run.job, done)} if delta else render.rain_summary(run.job, done)
+        return self._chunk([choice], **({"rain": rain} if rain else {}))
+
+    def usage(self, dones: Sequence[Done]) -> str:
+        return self._chunk([], usage=render.usage(dones))

@@ -54,6 +54,8 @@ def parse_args(argv: Optional[list[str]] = None) -> ServerConfig:
                    help="requests that may wait for a worker; beyond that: 429")
     p.add_argument("--request-timeout", type=_positive(float), default=d.request_timeout,
                    help="seconds from arrival until a request is ended with an error")
+    p.add_argument("--max-request-bytes", type=_positive(int), default=d.max_request_bytes,
+                   help="largest request body accepted; a larger one is a 413")
     p.add_argument("--api-key", default=os.environ.get("RAIN_API_KEY"),
                    help="require 'Authorization: Bearer <key>' on /v1 (default: $RAIN_API_KEY)")
     p.add_argument("--default-mode", choices=["rain", "vanilla"], default=d.default_mode,

@@ -23,6 +23,7 @@ class ServerConfig:
     max_running_per_worker: int = 4
     max_queue: int = 64
     request_timeout: float = 600.0
+    max_request_bytes: int = 2 * 1024 * 1024
     api_key: Optional[str] = None
     default_mode: Literal["rain", "vanilla"] = "rain"
     shadow_vanilla_rate: float = 0.0

@@ -15,7 +15,7 @@ import multiprocessing
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Optional, Sequence
 
 from rain_core.config import GenerationRequest, Resume
 from rain_core.events import FinishReason
@@ -112,17 +112,18 @@ class Pool:
                     slot.process.join()
 
     # requests --------------------------------------------------------------------------------
-    def submit(self, job: Job) -> None:
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Admit the jobs of one request (its choices) together, or none of them."""
         if self._closing:
             raise ApiError(503, "the server is shutting down", code="shutting_down")
         if not self.alive():
             raise ApiError(503, "no worker is alive; try again shortly", code="no_worker")
-        if self._free_slot() is None and len(self.waiting) >= self.max_queue:
+        if len(jobs) > self._free_slots() + self.max_queue - len(self.waiting):
             retry = str(self.retry_after())
             raise ApiError(429, f"every worker is busy and the queue is full ({self.max_queue} waiting); "
                                 f"retry in {retry} s",
                            code="queue_full", headers={"Retry-After": retry})
-        self.waiting.append(job)
+        self.waiting.extend(jobs)
         self._dispatch()
 
     def cancel(self, job: Job) -> None:
@@ -138,6 +139,9 @@ class Pool:
     def retry_after(self) -> int:
         slots = max(1, self.alive() * self.max_running)
         return max(1, min(600, math.ceil(self.service_s * (len(self.waiting) + 1) / slots)))
+
+    def _free_slots(self) -> int:
+        return sum(self.max_running - len(s.running) for s in self.slots if s.ready)
 
     def _free_slot(self) -> Optional[WorkerSlot]:
         free = [s for s in self.slots if s.ready and len(s.running) < self.max_running]

@@ -1,14 +1,22 @@
-"""Prompt checks in the API process, so a conversation that cannot be served is refused (400)
-before it queues. Only the tokenizer is loaded here; the model stays in the workers."""
+"""Prompt checks in the API process, so a request that cannot be served is refused (400) before it
+queues. Only the tokenizer is loaded here; the model stays in the workers. Templating and tokenising
+run on a small thread pool, never on the event loop, so a huge prompt cannot stall /health or the
+other streams; a prompt that is too long to fit by its length alone is refused without tokenising."""
 from __future__ import annotations
 
+import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Callable, Optional
 
-from rain_core.engine import check_fits, prompt_ids
+from rain_core.config import GenerationRequest
+from rain_core.engine import RequestError, check_fits, request_ids
 from rain_core.models import ModelSource, load_tokenizer
 
-DEFAULT_MAX_TOKENS = 256  # when the client sets no limit (less if the context has less room)
+from .tokens import TokenTexts
+
+PROMPT_THREADS = 2  # concurrent prompt checks; more wait their turn instead of taking every core
 
 
 class Prompts:
@@ -17,7 +25,10 @@ class Prompts:
     def __init__(self, source: ModelSource, context_length: Callable[[], Optional[int]]):
         self.source = source
         self.tokenizer = None
+        self.texts: Optional[TokenTexts] = None
+        self.longest_token_chars = 1
         self._context_length = context_length  # the workers report it once loaded
+        self._executor = ThreadPoolExecutor(PROMPT_THREADS, thread_name_prefix="prompt")
 
     @property
     def context_length(self) -> Optional[int]:
@@ -32,11 +43,30 @@ class Prompts:
         threading.Thread(target=self._load, name="tokenizer", daemon=True).start()
 
     def _load(self) -> None:
-        self.tokenizer = load_tokenizer(self.source)
+        tokenizer = load_tokenizer(self.source)
+        # no token spells more characters than its vocabulary entry has, so text of C characters is at
+        # least C / longest tokens: a lower bound that costs nothing to check
+        self.longest_token_chars = max(map(len, tokenizer.get_vocab()), default=1)
+        self.texts = TokenTexts(tokenizer)
+        self.tokenizer = tokenizer
 
-    def max_new_tokens(self, messages: tuple[dict, ...], limit: Optional[int]) -> int:
-        """The token budget to run with; raises RequestError when the request cannot fit."""
-        prompt_tokens = len(prompt_ids(self.tokenizer, messages))
-        budget = limit or max(1, min(DEFAULT_MAX_TOKENS, self.context_length - prompt_tokens))
+    async def off_loop(self, work: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+
+    async def fit(self, request: GenerationRequest, limit: Optional[int], default: int) -> GenerationRequest:
+        """`request` with the token budget to run with; raises RequestError when it cannot fit."""
+        self._precheck(request, limit)
+        prompt_tokens = len(await self.off_loop(request_ids, self.tokenizer, request))
+        budget = limit or max(1, min(default, self.context_length - prompt_tokens))
         check_fits(self.context_length, prompt_tokens, budget)
-        return budget
+        return replace(request, params=replace(request.params, max_new_tokens=budget))
+
+    def _precheck(self, request: GenerationRequest, limit: Optional[int]) -> None:
+        chars = len(request.prompt_text) if request.prompt_text is not None else sum(
+            len(m["content"]) for m in request.messages)
+        at_least = chars // self.longest_token_chars
+        if at_least + (limit or 1) > self.context_length:
+            raise RequestError(
+                f"this model's context is {self.context_length} tokens; the prompt's {chars} characters are at "
+                f"least {at_least} tokens, and the answer needs at least {limit or 1} more",
+                "max_tokens" if limit else "messages" if request.prompt_text is None else "prompt")

@@ -1,86 +1,54 @@
-"""The chat-completion request as clients send it, validated, and its translation to rain_core.
+"""What every generation endpoint's request shares, validated, and its translation to rain_core.
 
 Anything we do not implement is a 400 that names the field: unknown fields are refused, and the
 OpenAI fields we lack are accepted only at the value that means "off" (many clients send those).
+Each endpoint (chat.py, completions.py, responses.py) subclasses `GenerationBody` with its prompt.
 """
 from __future__ import annotations
 
-import json
-from typing import Any, Literal, Optional, Union
+from dataclasses import replace
+from typing import Any, ClassVar, Literal, Optional, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from rain_core.config import (PRESETS, EvalPrompt, EvalScore, GenerationRequest, QNormalization, RainConfig,
                               SamplingParams, preset)
 
 from .errors import ApiError
+from .limits import parse_json
 
 Mode = Literal["rain", "vanilla"]
+INT64 = (-(2**63), 2**63 - 1)  # OpenAI's seed is an int64; torch takes nothing wider
+MAX_CHOICES = 8
+MAX_TOP_LOGPROBS = 20
 
-# OpenAI fields rain-serve does not implement, with the values that ask for nothing.
+# OpenAI fields of every endpoint that rain-serve does not implement, with the values that ask for nothing.
 UNSUPPORTED: dict[str, tuple] = {
     "frequency_penalty": (0,),
     "presence_penalty": (0,),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
     "logit_bias": ({},),
     "tools": ([],),
     "tool_choice": ("none",),
-    "functions": ([],),
-    "function_call": ("none",),
     "parallel_tool_calls": (),
-    "response_format": ({"type": "text"},),
-    "modalities": (["text"],),
-    "audio": (),
-    "prediction": (),
     "store": (False,),
     "metadata": (),
     "service_tier": ("auto", "default"),
-    "reasoning_effort": (),
-    "verbosity": (),
-    "web_search_options": (),
-    "moderation": (),
     "prompt_cache_key": (),
     "prompt_cache_options": (),
     "prompt_cache_retention": (),
     "safety_identifier": (),
 }
-# Fields of assistant turns echoed back from earlier responses, empty when there were no tools.
-MESSAGE_EMPTY_FIELDS = ("name", "refusal", "tool_calls", "function_call", "audio", "annotations")
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "7" is not a seed, nor 1 a boolean
 
 
-class Message(Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str
-    name: Any = None
-    refusal: Any = None
-    tool_calls: Any = None
-    function_call: Any = None
-    audio: Any = None
-    annotations: Any = None
-
-    @field_validator("content", mode="before")
-    @classmethod
-    def _join_text_parts(cls, content: Any) -> Any:
-        if not isinstance(content, list):
-            return content
-        for part in content:
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            if kind != "text" or not isinstance(part.get("text"), str):
-                raise ValueError(f"only text content parts are supported, not {kind!r}")
-        return "\n".join(part["text"] for part in content)
-
-    @field_validator(*MESSAGE_EMPTY_FIELDS)
-    @classmethod
-    def _must_be_empty(cls, value: Any) -> Any:
-        if value not in (None, [], ""):
-            raise ValueError("is not supported by rain-serve")
-        return value
+def text_or_parts(part_types: list[str]) -> WithJsonSchema:
+    """What the document says of a `content` that validators join from text parts into one string."""
+    part = {"type": "object", "required": ["type", "text"], "additionalProperties": False,
+            "properties": {"type": {"enum": part_types}, "text": {"type": "string"}}}
+    return WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": part}]})
 
 
 class StreamOptions(Strict):
@@ -131,27 +99,66 @@ class RainOptions(Strict):
         return preset(self.preset).with_overrides(**overrides)
 
 
-class ChatCompletionRequest(Strict):
+class GenerationBody(Strict):
+    """The fields of every generation endpoint; subclasses add the prompt and their own limits."""
+
+    UNSUPPORTED: ClassVar[dict[str, tuple]] = UNSUPPORTED
+    DEFAULT_MAX_TOKENS: ClassVar[int] = 256  # when the client sets no limit (less if the context has less room)
+
     model: str
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: Optional[int] = Field(None, ge=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
-    seed: Optional[int] = None
-    stop: Union[str, list[str], None] = None
-    n: int = 1
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
-    user: Optional[str] = None
+    user: Optional[str] = Field(None, max_length=256)
     rain: Optional[RainOptions] = None
 
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported: rain-serve returns one choice per request")
-        return n
+    @property
+    def token_limit(self) -> Optional[int]:
+        raise NotImplementedError
+
+    @property
+    def choices(self) -> int:
+        return 1
+
+    @property
+    def include_usage(self) -> bool:
+        return False
+
+    @property
+    def top_logprobs_count(self) -> Optional[int]:
+        """None: no log-probabilities; k: each token's and the k most likely at its place."""
+        return None
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def seed_value(self) -> Optional[int]:
+        return None
+
+    def mode(self, default: Mode) -> Mode:
+        if self.rain is None:
+            return default
+        return "rain" if self.rain.enabled else "vanilla"
+
+    def generation(self, mode: Mode, max_new_tokens: int) -> GenerationRequest:
+        params = SamplingParams(max_new_tokens, self.stops, self.seed_value, self.temperature, self.top_p,
+                                self.top_logprobs_count)
+        rain = (self.rain or RainOptions()).config(self.temperature, self.top_p) if mode == "rain" else None
+        return self.with_prompt(params, rain)
+
+    def with_prompt(self, params: SamplingParams, rain: Optional[RainConfig]) -> GenerationRequest:
+        raise NotImplementedError
+
+
+class ChoicesBody(GenerationBody):
+    """Chat and text completions: `n` choices, stop sequences, seeds and usage in the stream."""
+
+    seed: Optional[int] = Field(None, ge=INT64[0], le=INT64[1])
+    stop: Union[str, list[str], None] = None
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    stream_options: Optional[StreamOptions] = None
 
     @field_validator("stop")
     @classmethod
@@ -161,48 +168,42 @@ class ChatCompletionRequest(Strict):
             raise ValueError("stop takes up to 4 non-empty strings")
         return stop
 
-    @model_validator(mode="after")
-    def _one_limit(self) -> "ChatCompletionRequest":
-        if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
-            raise ValueError("max_tokens and max_completion_tokens disagree; send one of them")
-        return self
-
     @property
-    def token_limit(self) -> Optional[int]:
-        return self.max_completion_tokens or self.max_tokens
+    def choices(self) -> int:
+        return self.n
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def mode(self, default: Mode) -> Mode:
-        if self.rain is None:
-            return default
-        return "rain" if self.rain.enabled else "vanilla"
+    @property
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
-    def chat_messages(self) -> tuple[dict, ...]:
-        return tuple({"role": ROLES[m.role], "content": m.content} for m in self.messages)
-
-    def generation(self, mode: Mode, max_new_tokens: int) -> GenerationRequest:
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        params = SamplingParams(max_new_tokens, stop, self.seed, self.temperature, self.top_p)
-        rain = (self.rain or RainOptions()).config(self.temperature, self.top_p) if mode == "rain" else None
-        return GenerationRequest(self.chat_messages(), params, rain)
+    @property
+    def seed_value(self) -> Optional[int]:
+        return self.seed
 
 
-def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "the request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    for name, neutral in UNSUPPORTED.items():
+def choice_requests(request: GenerationRequest, n: int) -> list[GenerationRequest]:
+    """`n` independent generations of one request. Choice 0 keeps the client's seed, so its answer is
+    the one n=1 gives; the others get distinct seeds of their own (or none, when none was given)."""
+    seed = request.params.seed
+    return [request if i == 0 or seed is None else
+            replace(request, params=replace(request.params, seed=(seed + i) % 2**63)) for i in range(n)]
+
+
+Body = TypeVar("Body", bound=GenerationBody)
+
+
+def parse_request(kind: type[Body], raw: bytes) -> Body:
+    data = parse_json(raw)
+    for name, neutral in kind.UNSUPPORTED.items():
         value = data.pop(name, None)
         if value is not None and value not in neutral:
             raise ApiError(400, f"{name} is not supported by rain-serve", name, "unsupported_parameter")
     try:
-        return ChatCompletionRequest.model_validate(data)
+        return kind.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc) from None
 
@@ -217,3 +218,10 @@ def validation_error(exc: ValidationError) -> ApiError:
         return ApiError(400, f"{param} is required", param, "missing_parameter")
     message = error["msg"].removeprefix("Value error, ")
     return ApiError(400, f"{param}: {message}" if param else message, param, "invalid_value")
+
+
+def empty_or_none(value: Any) -> Any:
+    """For echoed fields that only tools would fill."""
+    if value not in (None, [], ""):
+        raise ValueError("is not supported by rain-serve")
+    return value

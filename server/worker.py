@@ -136,7 +136,7 @@ class Worker:
             job.compute_s += time.perf_counter() - started
         if isinstance(event, Commit) and job.id is not None:
             self.send(Delta(job.id, event.text, len(event.token_ids), event.stats, event.finish_reason is not None,
-                            token_ids=tuple(event.token_ids), finish_reason=event.finish_reason))
+                            event.logprobs, token_ids=tuple(event.token_ids), finish_reason=event.finish_reason))
         elif isinstance(event, Finish):
             self._finish(job, event)
 

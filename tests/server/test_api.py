@@ -87,9 +87,10 @@ def test_seed_makes_sampling_repeatable(rain_server):
 
 
 @pytest.mark.parametrize("fields, param, code", [
-    ({"n": 2}, "n", "invalid_value"),
+    ({"n": 9}, "n", "invalid_value"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools", "unsupported_parameter"),
-    ({"logprobs": True}, "logprobs", "unsupported_parameter"),
+    ({"top_logprobs": 3}, "top_logprobs", "invalid_value"),  # without logprobs: true
+    ({"seed": 2**70}, "seed", "invalid_value"),
     ({"frobnicate": 1}, "frobnicate", "unknown_parameter"),
     ({"rain": {"max_iters": 0}}, "rain.max_iters", "invalid_value"),
     ({"max_tokens": 9000}, "max_tokens", "invalid_value"),  # prompt + max_tokens beyond the 8192 context

@@ -10,12 +10,13 @@ from rain_core.events import Totals
 from server.config import worker_devices
 from server.errors import ApiError
 from server.overhead import VanillaSpeed
-from server.schemas import parse_chat_request
+from server.chat import ChatCompletionRequest
+from server.schemas import parse_request
 
 
 def parse(**fields):
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
-    return parse_chat_request(json.dumps(body).encode())
+    return parse_request(ChatCompletionRequest, json.dumps(body).encode())
 
 
 def refusal(**fields) -> ApiError:
@@ -27,8 +28,8 @@ def refusal(**fields) -> ApiError:
 
 @pytest.mark.parametrize("field, value", [
     ("tools", [{"type": "function", "function": {"name": "f"}}]),
-    ("logprobs", True),
-    ("top_logprobs", 3),
+    ("modalities", ["text", "audio"]),
+    ("prediction", {"type": "content", "content": "x"}),
     ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
     ("frequency_penalty", 0.5),
     ("logit_bias", {"42": 1}),
@@ -49,7 +50,14 @@ def test_fields_at_their_off_value_are_accepted(fields):
 
 
 @pytest.mark.parametrize("fields, param", [
-    ({"n": 2}, "n"),
+    ({"n": 9}, "n"),
+    ({"n": 0}, "n"),
+    ({"seed": 2**70}, "seed"),
+    ({"seed": -(2**63) - 1}, "seed"),
+    ({"seed": "7"}, "seed"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"user": "u" * 300}, "user"),
     ({"temperature": 2.5}, "temperature"),
     ({"top_p": 0}, "top_p"),
     ({"max_tokens": 0}, "max_tokens"),
@@ -76,9 +84,12 @@ def test_invalid_requests_name_the_parameter(fields, param):
 
 
 def test_not_json_is_a_400():
-    for raw in (b"{", b"[1, 2]"):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    just_too_deep = b'{"model": "m", "messages": [{"role": "user", "content": "hi", "name": ' + b"[" * 40 + b"]" * 40 + b"}]}"
+    for raw in (b"{", b"[1, 2]", deep, just_too_deep, b'{"model": "m", "temperature": NaN}',
+                b'{"model": "m", "top_p": Infinity}', b"\xff\xfe{}"):
         with pytest.raises(ApiError) as caught:
-            parse_chat_request(raw)
+            parse_request(ChatCompletionRequest, raw)
         assert caught.value.status == 400
 
 
