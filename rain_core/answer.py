@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .config import Resume
 from .events import Commit, CommitStats, FinishReason, TokenLogprob
 from .text import IncrementalDecoder, StopMatcher
 
@@ -46,3 +47,13 @@ class Answer:
         delta = self._stops.feed(self._decoder.flush()) + self._stops.flush()
         self.text += delta
         return delta
+
+    def replay(self, resume: Resume) -> int:
+        """Commit again what another engine committed, set by set, so the decoder and the stop
+        matcher end up in its state; the deltas are dropped (the client has them). Returns the
+        number of commits, which, as in generation, does not count a time budget's empty tail."""
+        for ids in resume.sets:
+            self.commit(list(ids))
+        if resume.finish_reason is not None:
+            self.end(resume.finish_reason)
+        return len(resume.sets) - (resume.finish_reason == "time_budget")

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal, Optional
 
+from .events import FinishReason
+
 EvalPrompt = Literal["fewshot", "chat", "yesno"]
 EvalScore = Literal["vote", "continuous"]
 EvalCriterion = Literal["harmless", "truthful"]
@@ -94,10 +96,25 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """What an interrupted generation had already committed (and streamed), for another engine to
+    continue from. The sets are kept one by one, not flattened, so that replaying them leaves the
+    incremental detokeniser and the stop-sequence matcher exactly where the first engine left them."""
+
+    sets: tuple[tuple[int, ...], ...]  # the committed token sets, in order
+    finish_reason: Optional[FinishReason] = None  # set when the last set already ended the answer
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t for ids in self.sets for t in ids]
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     messages: tuple[dict, ...]  # {"role": ..., "content": str}
     params: SamplingParams = field(default_factory=SamplingParams)
     rain: Optional[RainConfig] = None  # None: plain (vanilla) decoding
+    resume: Optional[Resume] = None  # continue an answer another engine started
     # A text completion: the model continues this text as it is, without the chat template; `messages`
     # then hold it as the user's turn, which is what the self-evaluation judges the answer against.
     prompt_text: Optional[str] = None

@@ -144,17 +144,30 @@ class Engine:
     # generation ------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, cancel: Optional[threading.Event] = None) -> Iterator[Event]:
         """Yield Commit events (and SearchTicks under RAIN), then one Finish. Closing the generator
-        frees its caches; `cancel` ends it at the next token or search iteration."""
+        frees its caches; `cancel` ends it at the next token or search iteration. A request with a
+        `resume` continues that answer: its sets are replayed silently (the client has their text)."""
         started = time.perf_counter()
         prompt = self.request_ids(request)
         params = request.params
         self.check_fits(len(prompt), params.max_new_tokens)
         totals = Totals(prompt_tokens=len(prompt))
         answer = Answer(self.tokenizer, self.end_ids, params.stop, params.max_new_tokens)
+        if request.resume is not None:
+            totals.commits = answer.replay(request.resume)
+        if answer.finish_reason is None:  # a resumed answer may have ended just before its worker died
+            yield from self._decode(request, prompt, answer, cancel, totals, started)
+        totals.completion_tokens = len(answer.ids)
+        totals.wall_s = time.perf_counter() - started
+        yield Finish(answer.finish_reason or "stop", totals, answer.text)
+
+    def _decode(self, request: GenerationRequest, prompt: list[int], answer: Answer,
+                cancel: Optional[threading.Event], totals: Totals, started: float) -> Iterator[Event]:
+        """Decode on top of the prompt plus what the answer holds already, committing into `answer`."""
+        params = request.params
         generator = make_generator(params.seed, self.device)
         cache = self.runner.new_cache()
         try:
-            logits = self.runner.forward(cache, torch.tensor(prompt), totals=totals)
+            logits = self.runner.forward(cache, torch.tensor(prompt + answer.ids), totals=totals)
             totals.prefill_s = time.perf_counter() - started
             if request.rain is None:
                 steps = vanilla_tokens(self.runner, cache, logits, params, generator, totals)
@@ -184,9 +197,6 @@ class Engine:
                 steps.close()
         finally:
             self.runner.free_cache(cache)
-        totals.completion_tokens = len(answer.ids)
-        totals.wall_s = time.perf_counter() - started
-        yield Finish(answer.finish_reason or "stop", totals, answer.text)
 
     def complete(self, request: GenerationRequest) -> Finish:
         """Run a generation to the end and return its Finish event."""

@@ -30,12 +30,14 @@ class RainSearch:
         self.embedder = engine.embedder
         self.evaluation = engine.evaluator(self.cfg.evaluator).session(request.messages, totals)
         self.cache, self.root_logits = cache, root_logits.reshape(-1)
-        self.committed_len = len(prompt)
-        self.committed: list[int] = []
+        # a resumed answer already holds committed sets: they are the prefix (and in the cache)
+        self.committed: list[int] = list(answer.ids)
+        self.committed_len = len(prompt) + len(self.committed)
         self.answer, self.generator, self.totals = answer, generator, totals
         self.top_logprobs = request.params.logprobs
         self.deadline = time.perf_counter() + self.cfg.time_budget_s if self.cfg.time_budget_s else None
-        self.tree = Tree(Node(tokens=(), prior=1.0, depth=-1), self.cfg)
+        # set sizes follow the answer depth, which counts commits: a resumed root sits where the last one left it
+        self.tree = Tree(Node(tokens=(), prior=1.0, depth=totals.commits - 1), self.cfg)
 
     # outer loop ------------------------------------------------------------------------------
     def steps(self) -> Iterator[object]:

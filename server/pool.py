@@ -1,6 +1,7 @@
 """Scheduling over the workers: each request goes to the least-loaded worker with a free slot, the
-rest wait in a queue of up to --max-queue; a dead worker's requests fail and it is restarted; the
-workers are stopped once the server has drained.
+rest wait in a queue of up to --max-queue; a dead worker is restarted and its requests go back to
+the front of the queue, to continue from what they had committed (up to MAX_RESUBMISSIONS times);
+the workers are stopped once the server has drained.
 
 All this state lives on the event loop; the supervisor's reader thread only hands messages and
 deaths over to it, so no lock is needed and the loop never blocks on a worker.
@@ -13,13 +14,14 @@ import math
 import multiprocessing
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
-from rain_core.config import GenerationRequest
+from rain_core.config import GenerationRequest, Resume
+from rain_core.events import FinishReason
 
 from .errors import ApiError
-from .protocol import Cancel, Cancelled, Done, Failed, FromWorker, Ready, Shutdown, Speed, Submit, WorkerConfig
+from .protocol import Cancel, Cancelled, Delta, Done, Failed, FromWorker, Ready, Shutdown, Speed, Submit, WorkerConfig
 from .supervisor import Reader, WorkerSlot
 
 log = logging.getLogger("rain_serve.pool")
@@ -27,6 +29,8 @@ log = logging.getLogger("rain_serve.pool")
 RESTART_DELAYS_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)  # by deaths since the worker was last ready
 STOP_GRACE_S = 10.0
 FINAL = (Done, Failed, Cancelled)
+MAX_RESUBMISSIONS = 2  # a request whose worker dies more often than this fails: it may be what kills them
+LEFT_S = 1e-6  # the time budget a resumed search gets when its first worker spent it all: it ends at once
 
 
 @dataclass(eq=False)
@@ -42,6 +46,19 @@ class Job:
     first_token: Optional[float] = None  # when its first token arrived
     first_tokens: int = 0  # how many tokens came in that first committed set
     finished: bool = False  # its last event is queued, or nobody waits for it any more
+    sets: list[tuple[int, ...]] = field(default_factory=list)  # committed token sets, to resume from
+    ended: Optional[FinishReason] = None  # set once a committed set has ended the answer
+    resubmissions: int = 0  # times its worker died under it and it went to another
+
+    def attempt(self) -> GenerationRequest:
+        """What to send a worker: the request itself, or after a worker died under it, the request
+        resumed from the sets committed so far, its time budget less the time already spent."""
+        if not self.resubmissions:
+            return self.request
+        rain = self.request.rain
+        if rain is not None and rain.time_budget_s:
+            rain = replace(rain, time_budget_s=max(rain.time_budget_s - (time.monotonic() - self.dispatched), LEFT_S))
+        return replace(self.request, rain=rain, resume=Resume(tuple(self.sets), self.ended))
 
 
 class Pool:
@@ -133,10 +150,11 @@ class Pool:
     def _dispatch(self) -> None:
         while self.waiting and (slot := self._free_slot()) is not None:
             job = self.waiting.popleft()
-            job.worker, job.dispatched = slot.index, time.monotonic()
+            job.worker = slot.index
+            job.dispatched = job.dispatched or time.monotonic()  # a resubmission keeps its first
             slot.running.add(job.id)
             self.running[job.id] = job
-            slot.send(Submit(job.id, job.request))
+            slot.send(Submit(job.id, job.attempt()))
 
     def _fail(self, job: Job, error: ApiError) -> None:
         if not job.finished:
@@ -153,6 +171,9 @@ class Pool:
         elif isinstance(message, Speed):
             slot.speed = message
         elif (job := self.running.get(message.id)) is not None:
+            if isinstance(message, Delta):
+                job.sets.append(message.token_ids)
+                job.ended = message.finish_reason
             if isinstance(message, FINAL):
                 self._release(slot, job, message)
             if not job.finished:
@@ -172,14 +193,29 @@ class Pool:
         log.error("worker %d (pid %s) died with exit code %s", slot.index, process.pid, process.exitcode)
         slot.conn.close()
         slot.ready = False
-        for job_id in slot.running:
-            self._fail(self.running.pop(job_id),
-                       ApiError(503, "the worker serving this request died; it is being restarted", code="worker_died"))
+        orphans = sorted((self.running.pop(job_id) for job_id in slot.running), key=lambda j: j.arrived, reverse=True)
         slot.running.clear()
+        for job in orphans:  # the oldest ends up first in line
+            self._resubmit(job)
         delay = RESTART_DELAYS_S[min(slot.deaths_unready, len(RESTART_DELAYS_S) - 1)]
         slot.deaths_unready += 1
         self._loop.call_later(delay, self._restart, slot)
         self._dispatch()
+
+    def _resubmit(self, job: Job) -> None:
+        """Put a dead worker's job back at the front of the queue, unless nobody waits for it or it
+        has used up its attempts."""
+        if job.finished:
+            return
+        if job.resubmissions >= MAX_RESUBMISSIONS:
+            self._fail(job, ApiError(503, f"the workers serving this request died {job.resubmissions + 1} times; "
+                                          "it is not tried again", code="worker_died"))
+            return
+        job.resubmissions += 1
+        job.worker = None
+        self.waiting.appendleft(job)
+        log.warning("%s: its worker died; resubmitted (%d of %d) after %d committed sets", job.id,
+                    job.resubmissions, MAX_RESUBMISSIONS, len(job.sets))
 
     def _restart(self, slot: WorkerSlot) -> None:
         if not self._closing:

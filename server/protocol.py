@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from rain_core.config import EngineConfig, GenerationRequest
-from rain_core.events import CommitStats, TokenLogprob, Totals
+from rain_core.events import CommitStats, FinishReason, TokenLogprob, Totals
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ class Delta:
     stats: Optional[CommitStats] = None  # the search behind it (RAIN only)
     finishes: bool = False  # the answer ends with this set: Done follows at once
     logprobs: Optional[list[TokenLogprob]] = None  # one per token of the set, when the request asks for them
+    # what the API keeps to resume the answer on another worker should this one die
+    token_ids: tuple[int, ...] = ()  # the committed set itself
+    finish_reason: Optional[FinishReason] = None  # rain_core's, on the set that ends the answer
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ def rain_summary(job: Job, done: Done, commits: Optional[list[dict]] = None) -> 
         **done.totals.as_dict(),
         "compute_s": done.compute_s,
         "queue_s": job.dispatched - job.arrived,
+        "resubmissions": job.resubmissions,  # workers that died under it; the totals are the last one's
         "vanilla_estimate_s": done.vanilla_estimate_s,
         "overhead_ratio": done.overhead_ratio,
     }

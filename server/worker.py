@@ -136,7 +136,7 @@ class Worker:
             job.compute_s += time.perf_counter() - started
         if isinstance(event, Commit) and job.id is not None:
             self.send(Delta(job.id, event.text, len(event.token_ids), event.stats, event.finish_reason is not None,
-                            event.logprobs))
+                            event.logprobs, token_ids=tuple(event.token_ids), finish_reason=event.finish_reason))
         elif isinstance(event, Finish):
             self._finish(job, event)
 
@@ -155,11 +155,14 @@ class Worker:
         self._drop(job)
         totals = finish.totals
         estimate = ratio = None
+        # a resumed request's compute here is its own part: the prompt plus the resumed prefix fed,
+        # the tokens after it decoded; that is what vanilla would have done in its place
+        resumed = len(job.request.resume.token_ids) if job.request.resume else 0
         if job.request.rain is None:
-            if self.speed.observe(totals, job.compute_s):
+            if not resumed and self.speed.observe(totals, job.compute_s):
                 self.send(self.speed.snapshot())
         else:
-            estimate = self.speed.estimate(totals.prompt_tokens, totals.completion_tokens)
+            estimate = self.speed.estimate(totals.prompt_tokens + resumed, totals.completion_tokens - resumed)
             ratio = job.compute_s / estimate if estimate else None
             self._maybe_shadow(job.request, totals.completion_tokens)
         if job.id is not None:

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from typing import Iterator
 
 import httpx
 
 MODEL = "SmolLM2-135M-Instruct"
 VANILLA = {"rain": {"enabled": False}}
 TINY_RAIN = {"rain": {"max_iters": 2, "min_iters": 2}}  # two iterations per commit keep RAIN tests short
+LONG = "Write a very long story about a clockmaker."  # an answer that runs to its max_tokens
 
 
 def prompt_tokens(tokenizer, messages) -> int:
@@ -20,9 +24,13 @@ def chat_body(content: str = "Name three colours.", **fields) -> dict:
     return {"model": "smollm2", "messages": [{"role": "user", "content": content}], **fields}
 
 
+def sse_payloads(response: httpx.Response) -> Iterator[str]:
+    """The `data:` payloads of an SSE response as they arrive; comments (keep-alives) are dropped."""
+    return (line[len("data: "):] for line in response.iter_lines() if line.startswith("data: "))
+
+
 def sse_data(response: httpx.Response) -> list[str]:
-    """The `data:` payloads of an SSE response, in order; comments (keep-alives) are dropped."""
-    return [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+    return list(sse_payloads(response))
 
 
 def stream_raw(base_url: str, body: dict, headers: dict | None = None, timeout: float = 300) -> list[str]:
@@ -55,3 +63,54 @@ def metric(samples: dict, name: str, **labels) -> float:
     """Sum of the samples of `name` whose labels include `labels`."""
     wanted = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+class Stream(threading.Thread):
+    """A streamed request in the background: `data` grows as its payloads arrive; `chunks` once it ends."""
+
+    def __init__(self, base_url: str, body: dict, timeout: float = 300):
+        super().__init__(daemon=True)
+        self.url, self.body, self.timeout = base_url + "/v1/chat/completions", {**body, "stream": True}, timeout
+        self.data: list[str] = []
+        self.start()
+
+    def run(self):
+        with httpx.stream("POST", self.url, json=self.body, timeout=self.timeout) as response:
+            for payload in sse_payloads(response):
+                self.data.append(payload)
+
+    def wait_for_payloads(self, count: int, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.data) < count:
+            assert self.is_alive(), f"the stream ended after {len(self.data)} payloads: {self.data[-2:]}"
+            assert time.monotonic() < deadline, f"only {len(self.data)} of {count} payloads in {timeout_s} s"
+            time.sleep(0.02)
+
+    @property
+    def chunks(self) -> list[dict]:
+        self.join()
+        return chunks_of(self.data)
+
+
+def streamed_text(chunks: list[dict]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c.get("choices"))
+
+
+def finish_chunks(chunks: list[dict]) -> list[dict]:
+    return [c for c in chunks if c.get("choices") and c["choices"][0]["finish_reason"] is not None]
+
+
+def long_stream(server, max_tokens: int, **fields) -> Stream:
+    return Stream(server.base_url, chat_body(LONG, max_tokens=max_tokens, stream_options={"include_usage": True}, **fields))
+
+
+def reference_text(server, max_tokens: int) -> str:
+    """The uninterrupted greedy answer, which a resumed one must equal."""
+    answer = server.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": LONG}], max_tokens=max_tokens)
+    return answer.choices[0].message.content
+
+
+def busy(health: dict) -> list[dict]:
+    """The workers /health lists as running something."""
+    return [w for w in health["workers"] if w["running"]]
