@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from typing import Iterator
@@ -114,3 +116,20 @@ def reference_text(server, max_tokens: int) -> str:
 def busy(health: dict) -> list[dict]:
     """The workers /health lists as running something."""
     return [w for w in health["workers"] if w["running"]]
+
+
+def kill_the_worker_running_it(server, spared: frozenset = frozenset()) -> int:
+    """SIGKILL the worker once it runs the request (a worker whose pid is not in `spared`)."""
+    fresh = lambda h: [w for w in busy(h) if w["pid"] not in spared]  # noqa: E731
+    (worker,) = fresh(server.wait_for(lambda h: fresh(h), timeout_s=180, what="a fresh worker to run the request"))
+    os.kill(worker["pid"], signal.SIGKILL)
+    return worker["pid"]
+
+
+def kill_until_it_fails(server) -> None:
+    """Kill every worker that takes the request, until its resubmissions run out (then it fails with a 503)."""
+    from server.pool import MAX_RESUBMISSIONS
+
+    killed: frozenset = frozenset()
+    for _ in range(MAX_RESUBMISSIONS + 1):
+        killed |= {kill_the_worker_running_it(server, killed)}

@@ -4,14 +4,14 @@ API itself answers; errors read as text, never as markup; under --api-key the pa
 keeps it for the tab and sends it."""
 from __future__ import annotations
 
-import os
 import re
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+
+from serve_helpers import kill_until_it_fails
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless and quiet: the browser contacts nothing but the server under test.
@@ -171,8 +171,7 @@ def test_an_error_inside_the_stream_is_shown_after_the_partial_answer(keyed_serv
     page.goto(keyed_server.base_url + "/")
     page.evaluate(f"sessionStorage.setItem('{KEY_ITEM}', '{KEY}')")
     ask(page, "Tell me about owls.", {"max-iters": "10000", "min-iters": "10000", "max-tokens": "64"})
-    health = keyed_server.wait_for(lambda h: h["running"] == 1, what="the search to start")
-    os.kill(health["workers"][0]["pid"], signal.SIGKILL)  # the stream has begun: the error comes in-band
+    kill_until_it_fails(keyed_server)  # the stream has begun: the error comes in-band
     page.wait_for_selector("#error:not([hidden])", timeout=ANSWER_MS)
 
     error = page.locator("#error")

@@ -3,16 +3,13 @@ continues from what it had committed, streamed or not, vanilla or RAIN; after MA
 resubmissions a further death is the 503 it used to be at once. The tests run in order on one server."""
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 
 import pytest
 
-from serve_helpers import (LONG, MODEL, TINY_RAIN, busy, finish_chunks, long_stream, reference_text,
-                           streamed_text)
-from server.pool import MAX_RESUBMISSIONS
+from serve_helpers import (LONG, MODEL, TINY_RAIN, busy, finish_chunks, kill_the_worker_running_it, kill_until_it_fails,
+                           long_stream, reference_text, streamed_text)
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +17,6 @@ def single(launch_server):
     with launch_server("--workers", "1", "--threads", "1", "--max-running-per-worker", "1",
                        "--default-mode", "vanilla") as server:
         yield server
-
-
-def kill_the_worker_running_it(server, spared: frozenset = frozenset()) -> int:
-    """SIGKILL the worker once it runs the request (a worker whose pid is not in `spared`)."""
-    fresh = lambda h: [w for w in busy(h) if w["pid"] not in spared]  # noqa: E731
-    (worker,) = fresh(server.wait_for(lambda h: fresh(h), timeout_s=180, what="a fresh worker to run the request"))
-    os.kill(worker["pid"], signal.SIGKILL)
-    return worker["pid"]
 
 
 def test_a_stream_waits_for_the_restarted_worker_and_goes_on(single):
@@ -76,9 +65,7 @@ def test_a_non_streamed_answer_survives_its_worker(single):
 
 def test_a_request_that_keeps_killing_workers_ends_in_a_503(single):
     stream = long_stream(single, max_tokens=1000)
-    killed: frozenset = frozenset()
-    for _ in range(MAX_RESUBMISSIONS + 1):
-        killed |= {kill_the_worker_running_it(single, killed)}
+    kill_until_it_fails(single)
 
     chunks = stream.chunks
     error = chunks[-1]["error"]
