@@ -11,9 +11,10 @@ TINY_RAIN = {"rain": {"max_iters": 2, "min_iters": 2}}  # two iterations per com
 
 
 def prompt_tokens(tokenizer, messages) -> int:
-    """What the server should report as usage.prompt_tokens: the chat-templated prompt."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return len(tokenizer(text, add_special_tokens=False).input_ids)
+    """What the server should report as usage.prompt_tokens: the ids the engine feeds."""
+    from rain_core.engine import prompt_ids
+
+    return len(prompt_ids(tokenizer, messages))
 
 
 def chat_body(content: str = "Name three colours.", **fields) -> dict:
