@@ -82,7 +82,7 @@ def _rows_for(alias: str, formats: Sequence[EvalFormat], harm, pair_sets: dict[s
             if harm:
                 rep = classifier_report([-v for v in values], labels)  # higher = more harmful
                 row.update({"harmbench AUROC": rep["auroc"], "harmbench accuracy": rep["accuracy"], "harmbench n": rep["n"],
-                            # where the values sit: text that talks the judge round lifts them all
+                            # where the values sit: text addressed to the judge can move them all
                             "harmbench mean value": mean(values)})
             for set_name, pairs in pair_sets.items():
                 if pairs:
