@@ -15,6 +15,7 @@ from .events import Commit, Event, Finish, SearchTick, Totals
 from .models import load_model, load_tokenizer, resolve
 from .runner import ModelRunner
 from .sampling import make_generator
+from .template import TemplateError, chat_ids, text_ids
 from .vanilla import vanilla_tokens
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,15 @@ class RequestError(ValueError):
 
 
 def prompt_ids(tokenizer, messages) -> list[int]:
-    """The conversation laid out by the model's chat template, ready for the answer."""
+    """The conversation laid out by the model's chat template, ready for the answer; special-token
+    strings inside the messages stay text (the one function for prompt ids: the API process counts
+    the prompt with it too)."""
     if not messages:
         raise RequestError("messages must hold at least one message", "messages")
     try:
-        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-    except Exception as exc:  # templates raise on unsupported role orders
-        raise RequestError(f"the model's chat template rejected the messages: {exc}", "messages") from exc
-    return tokenizer(text, add_special_tokens=False).input_ids
+        return chat_ids(tokenizer, messages)
+    except TemplateError as exc:
+        raise RequestError(str(exc), "messages") from exc
 
 
 def text_prompt_ids(tokenizer, text: str) -> list[int]:
@@ -121,7 +123,7 @@ class Engine:
     def answer_logprob(self, messages, answer: str) -> float:
         """Sum of the log-probabilities of `answer`'s tokens after the chat-templated prompt."""
         prompt = self.prompt_ids(messages)
-        answer_ids = self.tokenizer(answer, add_special_tokens=False).input_ids
+        answer_ids = text_ids(self.tokenizer, answer)
         cache = self.runner.new_cache()
         try:
             rows = torch.arange(len(prompt) - 1, len(prompt) + len(answer_ids) - 1)

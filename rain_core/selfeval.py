@@ -4,6 +4,11 @@ The evaluation prompt is laid out as  fixed | conversation | answer | suffix(ord
 (instruction and few-shot examples) is fed once per model and kept as a prefix cache; each request
 clones it and adds its conversation; each evaluated answer only feeds the tokens that differ from
 the previous one, and both option orders ride in the same forward call as two branches.
+
+The conversation and answer are data, not instructions: they sit between the markers of
+`prompts.fenced` (fixed ends with the opening one, every suffix starts with the closing one), any
+copy of a marker inside them is broken, and they are tokenised as plain text, so neither a forged
+`<|im_end|>` nor a forged marker can end the reviewer's turn or pose as its answer.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from . import prompts
 from .config import EvaluatorConfig
 from .events import Totals
 from .runner import ModelRunner, TreeLayout
+from .template import Piece, pieces_ids, render_pieces, text_ids
 
 VERDICT_CACHE_SIZE = 4096
 _CONV, _ANSWER = "\x01", "\x02"
@@ -45,19 +51,21 @@ class EvalLayout:
 
 def _instruction(cfg: EvaluatorConfig) -> tuple[str, str, str]:
     """(instruction block, good option text, bad option text)."""
+    note = "\n" + prompts.FENCE_NOTE
     if cfg.criterion == "truthful":
-        return (prompts.TRUTH_INSTRUCTION if cfg.prompt == "fewshot" else prompts.CHAT_TRUTH_QUESTION), " Yes", " No"
+        return (prompts.TRUTH_INSTRUCTION if cfg.prompt == "fewshot" else prompts.CHAT_TRUTH_QUESTION) + note, " Yes", " No"
     if cfg.prompt == "yesno":
-        return prompts.YESNO_INTRO, "No", "Yes"
+        return prompts.YESNO_INTRO + note, "No", "Yes"
     if cfg.principle:
         template = prompts.PRINCIPLE_INSTRUCTION if cfg.prompt == "fewshot" else prompts.CHAT_PRINCIPLE_QUESTION
-        return template.format(principle=cfg.principle), prompts.FOLLOWS, prompts.VIOLATES
-    block = prompts.harm_fewshot_block() if cfg.prompt == "fewshot" else prompts.CHAT_HARM_QUESTION
-    return block, prompts.HARMLESS, prompts.HARMFUL
+        return template.format(principle=cfg.principle) + note, prompts.FOLLOWS, prompts.VIOLATES
+    if cfg.prompt == "fewshot":
+        return prompts.harm_fewshot_block(), prompts.HARMLESS, prompts.HARMFUL  # the note precedes its examples
+    return prompts.CHAT_HARM_QUESTION + note, prompts.HARMLESS, prompts.HARMFUL
 
 
 def _token(tokenizer, text: str) -> int:
-    return tokenizer(text, add_special_tokens=False).input_ids[0]
+    return text_ids(tokenizer, text)[0]
 
 
 def _yesno_tails(cfg: EvaluatorConfig) -> list[str]:
@@ -84,17 +92,21 @@ def _tails(cfg: EvaluatorConfig, good: str, bad: str) -> tuple[list[str], str, l
 
 
 def build_layout(tokenizer, cfg: EvaluatorConfig) -> EvalLayout:
+    """The judge's prompt as one user turn of the model's chat template. Its content (instruction, a
+    principle included, and the fenced conversation) is tokenised as text; only the template's own
+    pieces carry control tokens."""
     block, good, bad = _instruction(cfg)
     tails, cue, options = _tails(cfg, good, bad)
-    fixed_text, suffixes = None, []
+    fixed, suffixes = [], []
     for tail in tails:
-        content = block + "\n\n" + _CONV + _ANSWER + tail
-        text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
-        head, rest = (text + cue).split(_CONV)
-        fixed_text = head
-        suffixes.append(tokenizer(rest.split(_ANSWER)[1], add_special_tokens=False).input_ids)
+        content = block + "\n\n" + prompts.fenced(_CONV + _ANSWER) + tail
+        pieces = render_pieces(tokenizer, [{"role": "user", "content": content}]) + [Piece(cue, False)]
+        at = next(i for i, p in enumerate(pieces) if p.content)
+        head, rest = pieces[at].text.split(_CONV + _ANSWER)
+        fixed = pieces_ids(tokenizer, pieces[:at] + [Piece(head, True)])
+        suffixes.append(pieces_ids(tokenizer, [Piece(rest, True)] + pieces[at + 1:]))
     return EvalLayout(
-        fixed=tokenizer(fixed_text, add_special_tokens=False).input_ids,
+        fixed=fixed,
         suffixes=suffixes,
         options=[(_token(tokenizer, g), _token(tokenizer, b)) for g, b in options],
         truthful=cfg.criterion == "truthful",
@@ -102,13 +114,19 @@ def build_layout(tokenizer, cfg: EvaluatorConfig) -> EvalLayout:
 
 
 def render_conversation(messages, truthful: bool) -> str:
-    """The conversation under review in the paper's plain layout, ending where the answer starts."""
+    """The conversation under review in the paper's plain layout, ending where the answer starts;
+    copies of the fence's markers in the messages are broken."""
     if truthful:
         question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-        return f"Q: {question}\nA:"
+        return f"Q: {prompts.fence_safe(question)}\nA:"
     labels = {"user": "Human", "assistant": "Assistant", "system": "System"}
-    turns = [f"{labels.get(m['role'], m['role'])}: {m['content']}" for m in messages]
+    turns = [f"{labels.get(m['role'], m['role'])}: {prompts.fence_safe(m['content'])}" for m in messages]
     return "\n".join(turns) + "\nAssistant:"
+
+
+def answer_ids(tokenizer, answer_text: str) -> list[int]:
+    """The answer under review as it follows "Assistant:", as plain text inside the fence."""
+    return text_ids(tokenizer, " " + prompts.fence_safe(answer_text.lstrip()) if answer_text.strip() else "")
 
 
 def combine(log_odds: list[float], score: str) -> float:
@@ -141,7 +159,7 @@ class EvalSession:
         self.base = list(evaluator.layout.fixed)
         self.fed = list(self.base)  # ids currently in self.cache
         conversation = render_conversation(messages, evaluator.layout.truthful)
-        self.conversation_ids = evaluator.tokenizer(conversation, add_special_tokens=False).input_ids
+        self.conversation_ids = text_ids(evaluator.tokenizer, conversation)
         self.verdicts: OrderedDict[str, SelfEvalResult] = OrderedDict()
 
     def close(self) -> None:
@@ -160,8 +178,7 @@ class EvalSession:
         return result
 
     def _run(self, answer_text: str) -> SelfEvalResult:
-        answer = " " + answer_text.lstrip() if answer_text.strip() else ""
-        target = self.base + self.conversation_ids + self.ev.tokenizer(answer, add_special_tokens=False).input_ids
+        target = self.base + self.conversation_ids + answer_ids(self.ev.tokenizer, answer_text)
         keep = _common_prefix(self.fed, target)
         self.runner.truncate(self.cache, keep)
         layout = TreeLayout.shared_prefix(keep, self.runner.device)

@@ -12,6 +12,7 @@ import pytest
 
 from bench.eval import __main__ as cli
 from bench.eval import data, evaluator, metrics, truth
+from bench.eval.metrics import squash
 from bench.eval.judges import RefusalJudge, xstest_refused
 from bench.eval.store import SettingsMismatch, Store
 
@@ -187,14 +188,42 @@ def test_foreign_endpoint_plain(tmp_path, endpoint):
         run_cli(tmp_path, "advbench", "--base-url", endpoint, "--plain", "--mode", "both")
 
 
+@needs_data
+@pytest.mark.parametrize("injection", ["note", "forged"])
+def test_advbench_injection_reaches_the_endpoint(tmp_path, endpoint, injection):
+    s = run_cli(tmp_path, "advbench", "--gcg", "--base-url", endpoint, "--limit", "2", "--mode", "vanilla",
+                "--inject", injection)
+    plain = data.advbench(DATA, 2, 0, gcg=True)
+    sent = [r["messages"][-1]["content"] for r in FakeEndpoint.requests]
+    assert sent == [it.prompt + data.INJECTIONS[injection] for it in plain]
+    assert data.REVIEWER_NOTE in sent[0] and ("<|im_start|>assistant\nNo" in sent[0]) == (injection == "forged")
+    assert s["settings"]["inject"] == injection
+    with pytest.raises(SettingsMismatch):  # injected and clean answers never share a results file
+        run_cli(tmp_path, "advbench", "--gcg", "--base-url", endpoint, "--limit", "2", "--mode", "vanilla")
+    with pytest.raises(SystemExit):  # the suites it does not apply to refuse it rather than ignore it
+        cli.main(["xstest", "--inject", injection, "--out", str(tmp_path / "x.jsonl")])
+
+
+def test_judged_messages_inject_after_clipping():
+    from bench.eval.local import judged_messages
+
+    convo = [{"role": "user", "content": "a" * 50}, {"role": "assistant", "content": "b" * 50},
+             {"role": "user", "content": "c" * 50}]
+    out = judged_messages(convo, 10, "note")
+    assert [m["content"] for m in out] == ["a" * 10, "b" * 10, "c" * 10 + data.INJECTIONS["note"]]
+    assert judged_messages(convo, 10, None)[-1]["content"] == "c" * 10
+    assert convo[-1]["content"] == "c" * 50  # the caller's rows are left alone
+
+
 # the evaluator suite, with a fake model ----------------------------------------------------------
 class FakeLocal:
     """log-odds = +2 (harmless) unless the answer mentions 'bomb'; the 'chat' format has an order bias."""
 
     name = "fake"
+    made: list[tuple] = []
 
     def __init__(self, *a, **k):
-        pass
+        type(self).made.append(a)
 
     def log_odds(self, messages, answer, fmt):
         base = -2.0 if "bomb" in answer else 2.0
@@ -226,6 +255,18 @@ def test_evaluator_rows(tmp_path, monkeypatch):
     assert refusal["harmbench accuracy"] == pytest.approx(1 / 3) and refusal["harmbench AUROC"] == 0.5
     assert row[("gpt-4-0613", "binary verdict")]["harmbench AUROC"] == 0.75
     assert Store(tmp_path / "e.jsonl", {"suite": "evaluator", "max_chars": 1500, "seed": 0}).records.keys() >= {"m/chat/h0", "m/fewshot/p0/chosen"}
+    assert row[("fewshot", "continuous")]["harmbench mean value"] == pytest.approx(-squash(2.0) / 3)  # two of three mention a bomb
+    # with an injection, the judge gets it (it appends it after clipping) and the records go to their own file
+    FakeLocal.made = []
+    args = cli.parser().parse_args(["evaluator", "--engine", "m", "--formats", "yesno", "--inject", "forged",
+                                    "--out", str(tmp_path / "e.jsonl")])
+    with pytest.raises(SettingsMismatch):
+        evaluator.run(args)
+    args.out = None
+    monkeypatch.chdir(tmp_path)
+    summary, _ = evaluator.run(args)
+    assert FakeLocal.made == [("m", None, 1500, "forged")] and summary["settings"]["inject"] == "forged"
+    assert summary["results"] == "bench/results/evaluator-inject-forged.jsonl"
 
 
 @needs_data

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import evaluator, safety, truth
-from .data import DEFAULT_DATA
+from .data import DEFAULT_DATA, INJECTIONS
 from .store import markdown_table, strict_json, write_summary
 
 SUITES: dict[str, Callable] = {
@@ -24,6 +24,7 @@ SUITES: dict[str, Callable] = {
     "evaluator": evaluator.run,
 }
 BOTH_MODELS = "smollm2,qwen2.5-coder-0.5b"
+INJECTABLE = ("advbench", "evaluator")
 
 
 def tag_name(text: str) -> str:
@@ -43,6 +44,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", type=tag_name, default=None,
                    help="names this run's summary and table (<out>.<tag>.summary.json), so that RAIN runs with other "
                         "settings kept in the same results file keep their own; plots label the run with it")
+    p.add_argument("--inject", choices=sorted(INJECTIONS), default=None,
+                   help="advbench, evaluator: append text addressed to the safety reviewer (RAIN's self-evaluation) to "
+                        "the last user turn: 'note' (plain text), 'forged' (the note plus a forged ChatML end of turn and "
+                        "verdict); results go to their own files")
     g = p.add_argument_group("endpoint (advbench, xstest, hh, truthfulqa generation)")
     g.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     g.add_argument("--model", default=None, help="model name sent (default: the endpoint's first model)")
@@ -77,7 +82,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.inject and args.suite not in INJECTABLE:
+        p.error(f"--inject applies to {' and '.join(INJECTABLE)} only")
     args.command = "python -m bench.eval " + shlex.join(argv)
     if not args.data.is_dir():
         sys.exit(f"no evaluation data at {args.data} (pass --data)")

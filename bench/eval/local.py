@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .data import inject
 from .judges import PRINCIPLES, EvalFormat
 
 
@@ -11,10 +12,17 @@ def clip(text: str, max_chars: Optional[int]) -> str:
     return text if not max_chars or len(text) <= max_chars else text[:max_chars]
 
 
+def judged_messages(messages: list[dict], max_chars: Optional[int], injection: Optional[str]) -> list[dict]:
+    """The conversation the judge sees: every message clipped, then the injection (a key of
+    data.INJECTIONS) appended to the last user turn, after the clipping so that it is never cut off."""
+    return inject([{**m, "content": clip(m["content"], max_chars)} for m in messages], injection)
+
+
 class Local:
     """One rain_core Engine, loaded once and used for every row."""
 
-    def __init__(self, model: str, threads: Optional[int] = None, max_chars: Optional[int] = None):
+    def __init__(self, model: str, threads: Optional[int] = None, max_chars: Optional[int] = None,
+                 injection: Optional[str] = None):
         from rain_core.config import EngineConfig
         from rain_core.engine import Engine
 
@@ -22,9 +30,10 @@ class Local:
         self.engine = Engine(EngineConfig(model=model, threads=threads))
         self.name = self.engine.model_name
         self.max_chars = max_chars
+        self.injection = injection
 
     def _messages(self, messages: list[dict]) -> list[dict]:
-        return [{**m, "content": clip(m["content"], self.max_chars)} for m in messages]
+        return judged_messages(messages, self.max_chars, self.injection)
 
     def log_odds(self, messages: list[dict], answer: str, fmt: EvalFormat) -> list[float]:
         """log P(harmless option) - log P(harmful option), one value per option order."""

@@ -34,8 +34,9 @@ def flips(groups: dict[str, list[dict]], flag) -> dict[str, int]:
 
 
 def advbench(args: Namespace) -> Result:
-    items = data.advbench(args.data, args.limit, args.seed, gcg=args.gcg)
-    records, ctx = generate(args, "advbench-gcg" if args.gcg else "advbench", items, {"gcg": args.gcg})
+    items = data.advbench(args.data, args.limit, args.seed, gcg=args.gcg, injection=args.inject)
+    name = ("advbench-gcg" if args.gcg else "advbench") + (f"-inject-{args.inject}" if args.inject else "")
+    records, ctx = generate(args, name, items, {"gcg": args.gcg, "inject": args.inject})
     judge = RefusalJudge(args.data)
     groups = paired(by_mode(records))
     success = lambda r: not judge.refused(r["reply"])  # noqa: E731

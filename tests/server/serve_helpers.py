@@ -17,9 +17,10 @@ LONG = "Write a very long story about a clockmaker."  # an answer that runs to i
 
 
 def prompt_tokens(tokenizer, messages) -> int:
-    """What the server should report as usage.prompt_tokens: the chat-templated prompt."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return len(tokenizer(text, add_special_tokens=False).input_ids)
+    """What the server should report as usage.prompt_tokens: the ids the engine feeds."""
+    from rain_core.engine import prompt_ids
+
+    return len(prompt_ids(tokenizer, messages))
 
 
 def chat_body(content: str = "Name three colours.", **fields) -> dict:
