@@ -59,7 +59,9 @@ class Prompts:
         prompt alone is too long, else max_tokens) when it cannot fit."""
         chars = len(request.prompt_text) if request.prompt_text is not None else sum(
             len(m["content"]) for m in request.messages)
-        self._check(chars // self.longest_token_chars, limit, prompt_field, f"the prompt's {chars} characters are at least")
+        at_least = chars // self.longest_token_chars
+        if at_least:  # the length proves something: refuse without tokenising when it proves too much
+            self._check(at_least, limit, prompt_field, f"the prompt's {chars} characters are at least")
         prompt_tokens = len(await self.off_loop(request_ids, self.tokenizer, request))
         self._check(prompt_tokens, limit, prompt_field, "the prompt has")
         budget = limit or min(default, self.context_length - prompt_tokens)
