@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from . import data
 from .judges import EvalFormat, RefusalJudge
-from .metrics import classifier_report, pairwise_accuracy, squash
+from .metrics import best_threshold, classifier_report, pairwise_accuracy, squash
 from .store import Store
 
 PUBLISHED_JUDGES = ("cls", "llama_guard", "gpt-4-0613", "advbench")  # 1 = harmful in the file
@@ -82,6 +82,8 @@ def _rows_for(alias: str, formats: Sequence[EvalFormat], harm, pair_sets: dict[s
             if harm:
                 rep = classifier_report(harm_scores, labels)
                 row.update({"harmbench AUROC": rep["auroc"], "harmbench accuracy": rep["accuracy"], "harmbench n": rep["n"]})
+                # the threshold a judge should use (--judge-threshold of rain-serve and of the hh suite)
+                row["calibrated threshold"], row["accuracy at it"] = best_threshold([-s for s in harm_scores], labels)
             for set_name, pairs in pair_sets.items():
                 if pairs:
                     row[f"{set_name} pairwise accuracy"] = pairwise_accuracy(
