@@ -96,3 +96,21 @@ def test_best_of_n_with_the_served_judge_streams_its_pick_at_once(judged_server)
 def test_rain_with_the_served_judge(judged_server):
     rain = ask(judged_server, {"judge": "served", "max_iters": 1, "min_iters": 1, **JUDGE_FORMAT}, 3).model_extra["rain"]
     assert rain["strategy"] == "rain" and rain["judge"] == QWEN and rain["self_evaluations"] > 0
+
+
+def test_baseline_bodies_fit_the_openapi_document(rain_server):
+    import httpx
+    import jsonschema
+
+    document = httpx.get(rain_server.base_url + "/openapi.json", timeout=10).json()
+
+    def check(name: str, instance) -> None:
+        schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+        jsonschema.Draft202012Validator(schema).validate(instance)
+
+    for rain in ({"strategy": "best_of_n", "best_of": 2}, {"strategy": "self_check", "judge_threshold": 1.0}):
+        body = httpx.post(rain_server.base_url + "/v1/chat/completions", timeout=300, json={
+            "model": "smollm2", "messages": MESSAGES, "max_tokens": 4, "rain": rain}).json()
+        check("ChatCompletion", body)
+    assert body["choices"][0]["message"]["content"] == REFUSAL_TEXT[: len(body["choices"][0]["message"]["content"])]
+    check("ModelList", httpx.get(rain_server.base_url + "/v1/models", timeout=10).json())
