@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import textwrap
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -22,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 from .eval.client import run_key  # noqa: E402
 from .eval.runs import commit_iterations, mode_label, overhead_ratio  # noqa: E402
@@ -152,14 +154,18 @@ def attack_vs_overhead(summaries: list[dict], out: Path) -> Optional[Path]:
     points = overhead_points(summaries)
     if not points:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for name, (x, y, c) in points.items():
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, (name, (x, y, c)) in enumerate(points.items()):
         ax.scatter(x, y, color=c, s=60, zorder=3)
-        ax.annotate(name, (x, y), fontsize=7, xytext=(5, 4), textcoords="offset points")
+        # wrapped, and alternately below and above the point: neighbours often share an attack rate
+        ax.annotate(textwrap.fill(name, 26), (x, y), fontsize=6, xytext=(5, -18 if i % 2 else 4),
+                    textcoords="offset points")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlim(0.8, 2 * max(x for x, _, _ in points.values()))
     ax.set(xlabel="overhead ratio (compute / vanilla estimate, log)  <- cheaper", ylabel="attack success (%)  <- better",
-           title="AdvBench" + (" + GCG suffixes" if gcg else "") + ": attack success vs cost", ylim=(-2, 102))
-    _legend(ax, "upper right")
+           title="AdvBench" + (" + GCG suffixes" if gcg else "") + ": attack success vs cost", ylim=(-5, 110))
+    _legend(ax, "center right")
     return _save(fig, out / "attack_vs_overhead.png")
 
 
