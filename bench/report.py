@@ -1,8 +1,11 @@
 """`python -m bench.report [SUMMARY.json ...] --out DIR`: PNG plots from `bench.eval` results.
 
-- harmlessness_vs_overrefusal.png: per run (model, and --tag), vanilla -> RAIN, harmlessness (HH judge, else 1 - AdvBench
-  attack success) against XSTest safe-prompt refusal (like the RAIN paper's harmlessness figure);
+- harmlessness_vs_overrefusal.png: per run (model, and --tag), vanilla -> its strategy (RAIN or a baseline),
+  harmlessness (HH judge, else 1 - AdvBench attack success) against XSTest safe-prompt refusal (like the RAIN
+  paper's harmlessness figure), each mode a point;
 - attack_success.png: AdvBench attack success by run and mode, with 95% intervals;
+- attack_vs_overhead.png: AdvBench attack success against the overhead ratio, each mode a point (vanilla at 1):
+  what each strategy buys for what it costs;
 - overhead_ratio.png: distribution of the server's `overhead_ratio` (RAIN latency / vanilla estimate);
 - iterations_per_commit.png: distribution of search iterations behind each committed token set;
 and copies each summary JSON and Markdown table next to them.
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import textwrap
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -19,11 +23,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 from .eval.client import run_key  # noqa: E402
-from .eval.runs import commit_iterations, overhead_ratio  # noqa: E402
+from .eval.runs import commit_iterations, mode_label, overhead_ratio  # noqa: E402
 
-COLORS = {"vanilla": "#888888", "rain": "#1f77b4"}
+COLORS = {"vanilla": "#888888", "rain": "#1f77b4", "self_check": "#ff7f0e", "best_of_n": "#2ca02c"}
+MODES = ("vanilla", "rain")  # a summary's modes: vanilla, and its strategy (RAIN or a baseline) as "rain"
 
 
 def load(paths: Sequence[Path]) -> list[dict]:
@@ -39,6 +45,15 @@ def label(summary: dict) -> str:
     """The run's name in plots: its model, and its --tag when it has one (RAIN runs with other settings)."""
     tag = summary.get("tag")
     return summary["settings"]["model"] + (f"\n{tag}" if tag else "")
+
+
+def rain_of(summary: dict) -> dict:
+    """The `rain` settings of a summary's strategy mode."""
+    return summary["settings"].get("rain", {})
+
+
+def color(mode: str, summary: dict) -> str:
+    return COLORS["vanilla"] if mode == "vanilla" else COLORS[rain_of(summary).get("strategy", "rain")]
 
 
 def _by(summaries: list[dict], suite: str) -> dict[str, dict]:
@@ -69,26 +84,31 @@ def harmless_vs_overrefusal(summaries: list[dict], out: Path) -> Optional[Path]:
             harm, measure = {m: 1 - v["rate"] for m, v in adv[run]["metrics"]["attack_success"].items()}, "1 - AdvBench ASR"
         else:
             continue
-        modes = [m for m in ("vanilla", "rain") if m in over and m in harm]
+        modes = [m for m in MODES if m in over and m in harm]
         for m in modes:
-            ax.scatter(100 * over[m], 100 * harm[m], color=COLORS[m], s=60, zorder=3)
+            ax.scatter(100 * over[m], 100 * harm[m], color=color(m, x), s=60, zorder=3)
         if len(modes) == 2:
             ax.annotate("", xy=(100 * over["rain"], 100 * harm["rain"]), xytext=(100 * over["vanilla"], 100 * harm["vanilla"]),
                         arrowprops={"arrowstyle": "->", "color": "#444444"})
         x, y = 100 * over[modes[-1]], 100 * harm[modes[-1]]
         below = y > 85  # a label above a point near the top would run into the title
-        ax.annotate(f"{run}\n({measure})", (x, y), fontsize=7, xytext=(6, -6 if below else 5),
+        name = f"{run} {mode_label(modes[-1], rain_of(xs[run]))}"
+        ax.annotate(f"{name}\n({measure})", (x, y), fontsize=7, xytext=(6, -6 if below else 5),
                     textcoords="offset points", va="top" if below else "bottom")
         plotted = True
     if not plotted:
         plt.close(fig)
         return None
-    for m, c in COLORS.items():
-        ax.scatter([], [], color=c, label=m)
+    _legend(ax)
     ax.set(xlabel="XSTest safe prompts refused (%)  <- better", ylabel="harmlessness (%)  better ->",
            title="Harmlessness vs over-refusal", xlim=(-2, 102), ylim=(-2, 102))
-    ax.legend(loc="lower right")
     return _save(fig, out / "harmlessness_vs_overrefusal.png")
+
+
+def _legend(ax, loc: str = "lower right") -> None:
+    for name, c in COLORS.items():
+        ax.scatter([], [], color=c, label=name)
+    ax.legend(loc=loc, fontsize=8)
 
 
 def attack_success(summaries: list[dict], out: Path) -> Optional[Path]:
@@ -99,20 +119,54 @@ def attack_success(summaries: list[dict], out: Path) -> Optional[Path]:
         return None
     runs = list(dict.fromkeys(r[0] for r in rows))
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(runs), 4))
-    for j, mode in enumerate(("vanilla", "rain")):
+    for j, mode in enumerate(MODES):
         for i, run in enumerate(runs):
             v = next((r[2] for r in rows if r[0] == run and r[1] == mode), None)
             if v is None:
                 continue
             y = 100 * v["rate"]
             err = [[y - 100 * v["ci95"][0]], [100 * v["ci95"][1] - y]]
-            ax.bar(i + (j - 0.5) * 0.38, y, 0.36, yerr=err, color=COLORS[mode], capsize=3, label=mode if i == 0 else None)
+            ax.bar(i + (j - 0.5) * 0.38, y, 0.36, yerr=err, color=color(mode, suite[run]), capsize=3)
             ax.text(i + (j - 0.5) * 0.38, y + 1, f"{y:.0f}%", ha="center", va="bottom", fontsize=8)
     prompts = {r[0]: r[2]["n"] for r in rows}  # both modes answer the same prompts
     ax.set_xticks(range(len(runs)), [f"{run}\n{prompts[run]} prompts" for run in runs], fontsize=8)
     ax.set(ylabel="attack success (%)", title="AdvBench" + (" + GCG suffixes" if gcg else "") + ": attack success", ylim=(0, 105))
-    ax.legend()
+    _legend(ax, "upper right")
     return _save(fig, out / "attack_success.png")
+
+
+def overhead_points(summaries: list[dict]) -> dict[str, tuple[float, float, str]]:
+    """name -> (mean overhead ratio, attack success %, colour) of each mode of every AdvBench run; vanilla
+    costs 1 by definition, and appears once per model and prompt count (every run shares it)."""
+    points: dict[str, tuple[float, float, str]] = {}
+    for run, s in (_by(summaries, "advbench-gcg") or _by(summaries, "advbench")).items():
+        for mode, v in s["metrics"]["attack_success"].items():
+            overhead = 1.0 if mode == "vanilla" else s["cost"][mode].get("overhead_ratio_mean")
+            if overhead is not None and v["n"]:
+                name = s["settings"]["model"] if mode == "vanilla" else run.replace("\n", " ")
+                points[f"{name} {mode_label(mode, rain_of(s))} (n={v['n']})"] = (overhead, 100 * v["rate"], color(mode, s))
+    return points
+
+
+def attack_vs_overhead(summaries: list[dict], out: Path) -> Optional[Path]:
+    """What each strategy buys for what it costs: one point per mode."""
+    gcg = _by(summaries, "advbench-gcg")
+    points = overhead_points(summaries)
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, (name, (x, y, c)) in enumerate(points.items()):
+        ax.scatter(x, y, color=c, s=60, zorder=3)
+        # wrapped, and alternately below and above the point: neighbours often share an attack rate
+        ax.annotate(textwrap.fill(name, 26), (x, y), fontsize=6, xytext=(5, -18 if i % 2 else 4),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlim(0.8, 2 * max(x for x, _, _ in points.values()))
+    ax.set(xlabel="overhead ratio (compute / vanilla estimate, log)  <- cheaper", ylabel="attack success (%)  <- better",
+           title="AdvBench" + (" + GCG suffixes" if gcg else "") + ": attack success vs cost", ylim=(-5, 110))
+    _legend(ax, "center right")
+    return _save(fig, out / "attack_vs_overhead.png")
 
 
 def _rain_stats(summaries: list[dict]) -> dict[str, dict[str, list[float]]]:
@@ -164,6 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     made = [
         harmless_vs_overrefusal(summaries, args.out),
         attack_success(summaries, args.out),
+        attack_vs_overhead(summaries, args.out),
         histogram(stats, "overhead", "RAIN latency / estimated vanilla latency (overhead_ratio)",
                   "RAIN overhead per request", args.out / "overhead_ratio.png"),
         histogram(stats, "iterations", "search iterations per committed token set", "Iterations per commit",

@@ -14,6 +14,17 @@ EvalPrompt = Literal["fewshot", "chat", "yesno"]
 EvalScore = Literal["vote", "continuous"]
 EvalCriterion = Literal["harmless", "truthful"]
 QNormalization = Literal["fixed", "observed"]
+# How an answer is made and judged: RAIN's search, or one of the cheap baselines it should beat
+# (rain_core/baselines.py): a vanilla answer judged once, or the judge's pick of n sampled answers.
+Strategy = Literal["rain", "self_check", "best_of_n"]
+# Who judges: the served model itself (the paper's premise), or the separate --judge-model.
+JudgeChoice = Literal["self", "served"]
+# What self_check answers instead of an answer its judge scores at or below the threshold.
+REFUSAL_TEXT = "I'm sorry, but I can't help with that."
+# The threshold self_check applies when neither the request nor the server sets one: where
+# Qwen2.5-Coder-0.5B's yes/no self-evaluation (continuous score) is most accurate on the developer
+# half of the HarmBench labelled generations (bench.eval evaluator, docs/RESULTS.md).
+DEFAULT_JUDGE_THRESHOLD = 0.34
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,10 @@ class RainConfig:
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     iteration_cap: Optional[int] = None  # hard budget of iterations per commit, over everything above
     time_budget_s: Optional[float] = None  # wall-time budget of the whole request
+    strategy: Strategy = "rain"
+    judge: JudgeChoice = "self"
+    best_of: int = 4  # best_of_n: answers sampled (at candidate_temperature and candidate_top_p)
+    judge_threshold: Optional[float] = None  # self_check: None takes the engine's (--judge-threshold)
 
     def set_size(self, depth: int) -> int:
         return self.set_sizes[min(depth, len(self.set_sizes) - 1)]
@@ -118,6 +133,9 @@ class GenerationRequest:
     # A text completion: the model continues this text as it is, without the chat template; `messages`
     # then hold it as the user's turn, which is what the self-evaluation judges the answer against.
     prompt_text: Optional[str] = None
+    # The client reads the answer as it is made: self_check then judges it sentence by sentence, so
+    # that no text leaves before a judgment of everything up to it.
+    streamed: bool = False
 
     @classmethod
     def completion(cls, text: str, params: SamplingParams, rain: Optional[RainConfig] = None) -> "GenerationRequest":
@@ -138,3 +156,5 @@ class EngineConfig:
     tp: int = 1  # tensor-parallel ranks
     encoder: Optional[str] = None  # sentence encoder dir; None: embedded all-MiniLM-L6-v2
     threads: Optional[int] = None  # torch intra-op threads on CPU
+    judge_model: Optional[str] = None  # a second model (same forms as `model`) that judges for rain.judge="served"
+    judge_threshold: float = DEFAULT_JUDGE_THRESHOLD  # self_check's default threshold on the judge's value

@@ -4,14 +4,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
 from .answer import Answer
-from .config import EngineConfig, EvaluatorConfig, GenerationRequest
-from .events import Commit, Event, Finish, SearchTick, Totals
+from .config import EngineConfig, EvaluatorConfig, GenerationRequest, JudgeChoice, RainConfig
+from .events import Commit, Event, Finish, Judgment, SearchTick, Totals
 from .models import load_model, load_tokenizer, resolve
 from .runner import ModelRunner
 from .sampling import make_generator
@@ -69,6 +70,15 @@ def check_fits(context_length: int, prompt_tokens: int, max_new_tokens: int) -> 
         )
 
 
+@dataclass(frozen=True)
+class JudgeModel:
+    """A model that judges answers: the served one itself, or the separate --judge-model."""
+
+    name: str  # what responses report: the judge's model id, or "self"
+    runner: ModelRunner
+    tokenizer: Any
+
+
 class Engine:
     def __init__(self, config: EngineConfig = EngineConfig()):
         self.config = config
@@ -89,6 +99,22 @@ class Engine:
         self.end_ids = self._end_token_ids()
         self._lock = threading.Lock()
         self._evaluators: dict = {}
+        self.judges = {"self": JudgeModel("self", self.runner, self.tokenizer)}
+        if config.judge_model is not None:
+            self.judges["served"] = self._load_judge(config.judge_model)
+
+    def _load_judge(self, name: str) -> JudgeModel:
+        """The judge runs on the served model's device, unsharded: it only reads two option
+        log-probabilities per evaluation, so it need not be as large as the model it judges."""
+        source = resolve(name)
+        model = load_model(source, str(self.device), self.config.dtype)
+        return JudgeModel(source.name, ModelRunner(model, self.device), load_tokenizer(source))
+
+    def judge(self, choice: JudgeChoice) -> JudgeModel:
+        if choice not in self.judges:
+            raise RequestError("rain.judge 'served' needs a judge model; start the server with --judge-model",
+                               "rain.judge")
+        return self.judges[choice]
 
     def _end_token_ids(self) -> frozenset[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -102,18 +128,21 @@ class Engine:
 
         return SentenceEmbedder(self.config.encoder, self.device)
 
-    def evaluator(self, config: EvaluatorConfig):
-        """The self-evaluator of one format; its fixed prompt prefix is fed once and kept."""
+    def evaluator(self, config: EvaluatorConfig, judge: JudgeChoice = "self"):
+        """The evaluator of one format on one judge (its own runner and chat template); its fixed
+        prompt prefix is fed once and kept."""
         from .selfeval import SelfEvaluator
 
+        model = self.judge(judge)
         with self._lock:
-            if config not in self._evaluators:
-                self._evaluators[config] = SelfEvaluator(self.runner, self.tokenizer, config)
-            return self._evaluators[config]
+            if (judge, config) not in self._evaluators:
+                self._evaluators[judge, config] = SelfEvaluator(model.runner, model.tokenizer, config)
+            return self._evaluators[judge, config]
 
-    def self_evaluate(self, messages, answer: str, config: EvaluatorConfig = EvaluatorConfig()):
+    def self_evaluate(self, messages, answer: str, config: EvaluatorConfig = EvaluatorConfig(),
+                      judge: JudgeChoice = "self"):
         """Judge `answer` to the conversation `messages`: a SelfEvalResult (value in [-1, 1])."""
-        session = self.evaluator(config).session(messages)
+        session = self.evaluator(config, judge).session(messages)
         try:
             return session.evaluate(answer)
         finally:
@@ -144,40 +173,44 @@ class Engine:
         check_fits(self.context_length, prompt_tokens, max_new_tokens)
 
     # generation ------------------------------------------------------------------------------
+    def new_answer(self, request: GenerationRequest) -> Answer:
+        """An empty answer under the request's limits: stop sequences, end-of-turn tokens, max tokens."""
+        return Answer(self.tokenizer, self.end_ids, request.params.stop, request.params.max_new_tokens)
+
+    def judgment(self, rain: RainConfig) -> Judgment:
+        """What a judged request will report: its strategy, its judge and self_check's threshold."""
+        threshold = None
+        if rain.strategy == "self_check":
+            threshold = self.config.judge_threshold if rain.judge_threshold is None else rain.judge_threshold
+        return Judgment(rain.strategy, self.judge(rain.judge).name, threshold)
+
     def generate(self, request: GenerationRequest, cancel: Optional[threading.Event] = None) -> Iterator[Event]:
-        """Yield Commit events (and SearchTicks under RAIN), then one Finish. Closing the generator
-        frees its caches; `cancel` ends it at the next token or search iteration. A request with a
-        `resume` continues that answer: its sets are replayed silently (the client has their text)."""
+        """Yield Commit events (and SearchTicks under RAIN and the baselines), then one Finish. Closing
+        the generator frees its caches; `cancel` ends it at the next token or search iteration. A request
+        with a `resume` continues that answer: its sets are replayed silently (the client has their text)."""
         started = time.perf_counter()
+        judgment = None if request.rain is None else self.judgment(request.rain)
         prompt = self.request_ids(request)
-        params = request.params
-        self.check_fits(len(prompt), params.max_new_tokens)
+        self.check_fits(len(prompt), request.params.max_new_tokens)
         totals = Totals(prompt_tokens=len(prompt))
-        answer = Answer(self.tokenizer, self.end_ids, params.stop, params.max_new_tokens)
+        answer = self.new_answer(request)
         if request.resume is not None:
             totals.commits = answer.replay(request.resume)
         if answer.finish_reason is None:  # a resumed answer may have ended just before its worker died
-            yield from self._decode(request, prompt, answer, cancel, totals, started)
+            yield from self._decode(request, prompt, answer, cancel, totals, started, judgment)
         totals.completion_tokens = len(answer.ids)
         totals.wall_s = time.perf_counter() - started
-        yield Finish(answer.finish_reason or "stop", totals, answer.text)
+        yield Finish(answer.finish_reason or "stop", totals, answer.text, judgment)
 
-    def _decode(self, request: GenerationRequest, prompt: list[int], answer: Answer,
-                cancel: Optional[threading.Event], totals: Totals, started: float) -> Iterator[Event]:
+    def _decode(self, request: GenerationRequest, prompt: list[int], answer: Answer, cancel: Optional[threading.Event],
+                totals: Totals, started: float, judgment: Optional[Judgment]) -> Iterator[Event]:
         """Decode on top of the prompt plus what the answer holds already, committing into `answer`."""
-        params = request.params
-        generator = make_generator(params.seed, self.device)
+        generator = make_generator(request.params.seed, self.device)
         cache = self.runner.new_cache()
         try:
             logits = self.runner.forward(cache, torch.tensor(prompt + answer.ids), totals=totals)
             totals.prefill_s = time.perf_counter() - started
-            if request.rain is None:
-                steps = vanilla_tokens(self.runner, cache, logits, params, generator, totals)
-            else:
-                from .search import RainSearch
-
-                search = RainSearch(self, request, prompt, cache, logits, answer, generator, totals)
-                steps = search.steps()
+            steps = self._steps(request, prompt, cache, logits, answer, generator, totals, judgment)
             try:
                 for step in steps:
                     if cancel is not None and cancel.is_set():
@@ -199,6 +232,19 @@ class Engine:
                 steps.close()
         finally:
             self.runner.free_cache(cache)
+
+    def _steps(self, request: GenerationRequest, prompt: list[int], cache: int, logits: torch.Tensor, answer: Answer,
+               generator: torch.Generator, totals: Totals, judgment: Optional[Judgment]) -> Iterator[object]:
+        """The proposals of the request's strategy: vanilla tokens, RAIN's sets, or a baseline's answer."""
+        if request.rain is None:
+            return vanilla_tokens(self.runner, cache, logits, request.params, generator, totals)
+        if request.rain.strategy == "rain":
+            from .search import RainSearch
+
+            return RainSearch(self, request, prompt, cache, logits, answer, generator, totals).steps()
+        from .baselines import STRATEGIES
+
+        return STRATEGIES[request.rain.strategy](self, request, cache, logits, generator, totals, judgment)
 
     def complete(self, request: GenerationRequest) -> Finish:
         """Run a generation to the end and return its Finish event."""

@@ -66,10 +66,23 @@ class Totals:
 
 
 @dataclass
+class Judgment:
+    """How a judged request's answer was made and judged (RAIN or a baseline, rain_core/baselines.py)."""
+
+    strategy: str  # rain, self_check or best_of_n
+    judge: str  # the judging model's id, or "self" when the served model judged itself
+    threshold: Optional[float] = None  # self_check: an answer valued at or below it is replaced
+    values: list[float] = field(default_factory=list)  # self_check: each judgment, in order; best_of_n: each candidate's
+    chosen: Optional[int] = None  # best_of_n: the index of the candidate returned
+    replaced: Optional[bool] = None  # self_check: whether the refusal replaced the answer (or its unsent rest)
+
+
+@dataclass
 class Finish:
     finish_reason: FinishReason
     totals: Totals = field(default_factory=Totals)
     text: str = ""  # the whole answer
+    judgment: Optional[Judgment] = None  # None for vanilla decoding
 
 
 Event = Union[Commit, SearchTick, Finish]

@@ -28,7 +28,7 @@ class RainSearch:
         self.cfg = request.rain
         self.runner, self.tokenizer, self.end_ids = engine.runner, engine.tokenizer, engine.end_ids
         self.embedder = engine.embedder
-        self.evaluation = engine.evaluator(self.cfg.evaluator).session(request.messages, totals)
+        self.evaluation = engine.evaluator(self.cfg.evaluator, self.cfg.judge).session(request.messages, totals)
         self.cache, self.root_logits = cache, root_logits.reshape(-1)
         # a resumed answer already holds committed sets: they are the prefix (and in the cache)
         self.committed: list[int] = list(answer.ids)

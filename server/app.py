@@ -59,6 +59,7 @@ class Admitted:
 def create_app(config: ServerConfig) -> FastAPI:
     source = resolve(config.model)  # the reported id, known without loading the weights
     model = source.name
+    judge_model = resolve(config.judge_model).name if config.judge_model else None
     pool = Pool(config.worker_configs(), config.max_running_per_worker, config.max_queue)
     prompts = Prompts(source, lambda: pool.context_length)
     metrics = Metrics(model, running=lambda: len(pool.running), waiting=lambda: len(pool.waiting), alive=pool.alive)
@@ -85,7 +86,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
 
     def model_card() -> dict:
-        return {"id": model, "object": "model", "created": started, "owned_by": "rain-serve"}
+        return {"id": model, "object": "model", "created": started, "owned_by": "rain-serve",
+                "judge_model": judge_model, "judge_threshold": config.judge_threshold}
 
     def known_model(name: str) -> None:
         if name not in (model, config.model_alias):
@@ -105,6 +107,9 @@ def create_app(config: ServerConfig) -> FastAPI:
                                           kind.PROMPT_FIELD)
         except RequestError as exc:
             raise ApiError(400, str(exc), exc.param, "invalid_value") from None
+        if generation.rain is not None and generation.rain.judge == "served" and judge_model is None:
+            raise ApiError(400, "rain.judge 'served' needs a judge model, and this server has none (--judge-model)",
+                           "rain.judge", "invalid_value")
         response_id = f"{prefix}{uuid.uuid4().hex}"
         choices = choice_requests(generation, body.choices)
         jobs = [Job(response_id if len(choices) == 1 else f"{response_id}-{i}", r, mode) for i, r in enumerate(choices)]

@@ -29,6 +29,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _judge_value(text: str) -> float:
+    value = float(text)
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [-1, 1], not {text}")
+    return value
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -65,6 +72,12 @@ def parse_args(argv: Optional[list[str]] = None) -> ServerConfig:
                         "to keep the overhead estimate fresh")
     p.add_argument("--threads", type=_positive(int), default=d.threads,
                    help="torch threads per worker (default: CPU cores / workers)")
+    p.add_argument("--judge-model", default=d.judge_model,
+                   help="a second model (same forms as --model) loaded into each worker on the same device, "
+                        "which judges the requests that ask for rain.judge='served'")
+    p.add_argument("--judge-threshold", type=_judge_value, default=d.judge_threshold,
+                   help="self_check replaces an answer its judge values at or below this (-1 to 1); the default "
+                        "is calibrated for Qwen2.5-Coder-0.5B's yes/no judge (docs/RESULTS.md)")
     args = p.parse_args(argv)
     return ServerConfig(**vars(args))
 

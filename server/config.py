@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from rain_core.config import EngineConfig
+from rain_core.config import DEFAULT_JUDGE_THRESHOLD, EngineConfig
 from rain_core.models import DEFAULT_MODEL
 
 from .protocol import WorkerConfig
@@ -28,6 +28,8 @@ class ServerConfig:
     default_mode: Literal["rain", "vanilla"] = "rain"
     shadow_vanilla_rate: float = 0.0
     threads: Optional[int] = None  # torch threads per worker; None: the CPU cores shared among workers
+    judge_model: Optional[str] = None  # a second model per worker, for rain.judge "served"
+    judge_threshold: float = DEFAULT_JUDGE_THRESHOLD  # self_check's threshold when a request sets none
 
     @property
     def model_alias(self) -> str:
@@ -39,7 +41,8 @@ class ServerConfig:
         devices = worker_devices(self.device, self.workers, self.tp, gpu_count)
         return [
             WorkerConfig(
-                engine=EngineConfig(model=self.model, device=device, dtype=self.dtype, tp=self.tp, threads=threads),
+                engine=EngineConfig(model=self.model, device=device, dtype=self.dtype, tp=self.tp, threads=threads,
+                                    judge_model=self.judge_model, judge_threshold=self.judge_threshold),
                 visible_devices=visible,
                 shadow_vanilla_rate=self.shadow_vanilla_rate,
                 warm_rain=self.default_mode == "rain",

@@ -58,7 +58,14 @@ class RainSummary(Doc):
     queue_s: float
     vanilla_estimate_s: Optional[float]
     overhead_ratio: Optional[float]
+    resubmissions: int  # workers that died under it (the work totals are then the last worker's)
     commit_stats: Optional[list[CommitStats]] = None  # non-streamed RAIN answers
+    strategy: Optional[Literal["rain", "self_check", "best_of_n"]] = None  # searched or judged requests
+    judge: Optional[str] = None  # the judging model's id, or "self"
+    judge_threshold: Optional[float] = None  # self_check
+    judge_values: Optional[list[float]] = None  # self_check: each judgment; best_of_n: each candidate's
+    chosen: Optional[int] = None  # best_of_n
+    replaced: Optional[bool] = None  # self_check
 
 
 class StreamedRain(CommitStats):
@@ -254,6 +261,8 @@ class ModelCard(Doc):
     object: Literal["model"]
     created: int
     owned_by: str
+    judge_model: Optional[str]  # the --judge-model's id (rain.judge "served"), or null
+    judge_threshold: float  # self_check's default threshold (--judge-threshold)
 
 
 class ModelList(Doc):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from rain_core.config import EngineConfig, GenerationRequest
-from rain_core.events import CommitStats, FinishReason, TokenLogprob, Totals
+from rain_core.events import CommitStats, FinishReason, Judgment, TokenLogprob, Totals
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ class Done:
     compute_s: float  # time the worker spent on this request alone (interleaved requests excluded)
     vanilla_estimate_s: Optional[float] = None  # vanilla decoding of the same prompt and output length
     overhead_ratio: Optional[float] = None  # compute_s / vanilla_estimate_s, RAIN only
+    judgment: Optional[Judgment] = None  # strategy and judge of a searched or judged request
 
 
 @dataclass(frozen=True)

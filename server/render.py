@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Optional, Sequence
 
+from rain_core.events import Judgment
+
 from .pool import Job
 from .protocol import Delta, Done
 
@@ -44,7 +46,16 @@ def rain_summary(job: Job, done: Done, commits: Optional[list[dict]] = None) -> 
     }
     if commits is not None:
         summary["commit_stats"] = commits
+    if done.judgment is not None:
+        summary.update(judgment_fields(done.judgment))
     return summary
+
+
+def judgment_fields(judgment: Judgment) -> dict:
+    """How the answer was made and judged; a field that does not apply to the strategy is left out."""
+    fields = {"strategy": judgment.strategy, "judge": judgment.judge, "judge_threshold": judgment.threshold,
+              "judge_values": judgment.values or None, "chosen": judgment.chosen, "replaced": judgment.replaced}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def full_summary(job: Job, deltas: Sequence[Delta], done: Done) -> dict:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, ClassVar, Literal, Optional, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, field_validator,
+                      model_validator)
 
-from rain_core.config import (PRESETS, EvalPrompt, EvalScore, GenerationRequest, QNormalization, RainConfig,
-                              SamplingParams, preset)
+from rain_core.config import (PRESETS, EvalPrompt, EvalScore, GenerationRequest, JudgeChoice, QNormalization,
+                              RainConfig, SamplingParams, Strategy, preset)
 
 from .errors import ApiError
 from .limits import parse_json
@@ -21,6 +22,11 @@ Mode = Literal["rain", "vanilla"]
 INT64 = (-(2**63), 2**63 - 1)  # OpenAI's seed is an int64; torch takes nothing wider
 MAX_CHOICES = 8
 MAX_TOP_LOGPROBS = 20
+MAX_BEST_OF = 8
+# RAIN's search knobs: a baseline strategy has no search for them to shape, so they are refused there
+SEARCH_OPTIONS = frozenset({"max_iters", "min_iters", "min_visits", "value_threshold", "c_puct", "q_normalization",
+                            "num_candidates", "candidate_top_k", "similarity_threshold", "similarity_weight",
+                            "time_budget_s", "iteration_cap", "simulation_max_tokens"})
 
 # OpenAI fields of every endpoint that rain-serve does not implement, with the values that ask for nothing.
 UNSUPPORTED: dict[str, tuple] = {
@@ -60,6 +66,8 @@ class RainOptions(Strict):
 
     enabled: bool = True
     preset: str = "harmless"
+    strategy: Optional[Strategy] = None  # before the fields whose validators read it
+    judge: Optional[JudgeChoice] = None
     principle: Optional[str] = Field(None, min_length=1, max_length=4000)
     prompt: Optional[EvalPrompt] = None
     score: Optional[EvalScore] = None
@@ -76,6 +84,8 @@ class RainOptions(Strict):
     time_budget_s: Optional[float] = Field(None, gt=0.0, le=3600.0)
     iteration_cap: Optional[int] = Field(None, ge=1, le=10_000)
     simulation_max_tokens: Optional[int] = Field(None, ge=1, le=8192)
+    best_of: Optional[int] = Field(None, ge=1, le=MAX_BEST_OF)
+    judge_threshold: Optional[float] = Field(None, ge=-1.0, le=1.0)
 
     @field_validator("preset")
     @classmethod
@@ -89,6 +99,22 @@ class RainOptions(Strict):
         if not self.enabled and self.model_fields_set - {"enabled"}:
             raise ValueError("search options need enabled=true (they would have no effect)")
         return self
+
+    @field_validator(*sorted(SEARCH_OPTIONS))
+    @classmethod
+    def _only_for_the_search(cls, value: Any, info: ValidationInfo) -> Any:
+        strategy = info.data.get("strategy") or "rain"
+        if strategy != "rain":
+            raise ValueError(f"is a search option and the {strategy} strategy does not search; use strategy rain")
+        return value
+
+    @field_validator("best_of", "judge_threshold")
+    @classmethod
+    def _only_for_its_baseline(cls, value: Any, info: ValidationInfo) -> Any:
+        needs = {"best_of": "best_of_n", "judge_threshold": "self_check"}[info.field_name]
+        if info.data.get("strategy") != needs:
+            raise ValueError(f"needs strategy {needs}")
+        return value
 
     def config(self, temperature: Optional[float], top_p: Optional[float]) -> RainConfig:
         overrides = self.model_dump(exclude={"enabled", "preset"}, exclude_none=True)
@@ -147,7 +173,7 @@ class GenerationBody(Strict):
         params = SamplingParams(max_new_tokens, self.stops, self.seed_value, self.temperature, self.top_p,
                                 self.top_logprobs_count)
         rain = (self.rain or RainOptions()).config(self.temperature, self.top_p) if mode == "rain" else None
-        return self.with_prompt(params, rain)
+        return replace(self.with_prompt(params, rain), streamed=self.stream)
 
     def with_prompt(self, params: SamplingParams, rain: Optional[RainConfig]) -> GenerationRequest:
         raise NotImplementedError

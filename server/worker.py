@@ -79,8 +79,9 @@ class Worker:
             finish = self.engine.complete(CALIBRATION)
         self.speed.observe(finish.totals, time.perf_counter() - started)
         if self.config.warm_rain:
-            tiny = RainConfig().with_overrides(max_iters=1, min_iters=1)
-            self.engine.complete(replace(CALIBRATION, params=SamplingParams(max_new_tokens=1), rain=tiny))
+            for judge in self.engine.judges:  # each judge's self-evaluation prefix, too
+                tiny = RainConfig().with_overrides(max_iters=1, min_iters=1, judge=judge)
+                self.engine.complete(replace(CALIBRATION, params=SamplingParams(max_new_tokens=1), rain=tiny))
 
     def send(self, message: FromWorker) -> None:
         try:
@@ -166,7 +167,7 @@ class Worker:
             ratio = job.compute_s / estimate if estimate else None
             self._maybe_shadow(job.request, totals.completion_tokens)
         if job.id is not None:
-            self.send(Done(job.id, finish.finish_reason, totals, job.compute_s, estimate, ratio))
+            self.send(Done(job.id, finish.finish_reason, totals, job.compute_s, estimate, ratio, finish.judgment))
 
     def _maybe_shadow(self, request: GenerationRequest, completion_tokens: int) -> None:
         """Re-decode a sampled RAIN request with vanilla decoding, to keep the speed estimate fresh

@@ -95,6 +95,8 @@ def test_rates_and_pairs():
     assert metrics.pairwise_accuracy([1, 2, 3], [0, 2, 4]) == pytest.approx(0.5)
     rep = metrics.classifier_report([0.9, -0.2, 0.3, -1.0], [1, 0, 0, 0])
     assert rep["accuracy"] == 0.75 and rep["auroc"] == 1.0
+    assert metrics.best_threshold([0.9, 0.1, 0.5, -0.3], [0, 1, 0, 1]) == (pytest.approx(0.3), 1.0)
+    assert metrics.best_threshold([0.2, 0.2], [0, 0]) == (pytest.approx(0.2 - 1e-6), 1.0)  # none harmful
     assert metrics.token_f1("the cat sat", "a cat sat down") == pytest.approx(2 * (2 / 3) * (2 / 4) / (2 / 3 + 2 / 4))
 
 
@@ -246,6 +248,9 @@ def test_evaluator_rows(tmp_path, monkeypatch):
     assert row[("fewshot", "continuous")]["harmbench AUROC"] == 0.75
     assert row[("fewshot", "continuous")]["harmbench accuracy"] == pytest.approx(2 / 3)
     assert row[("fewshot", "continuous")]["hh pairwise accuracy"] == 1.0
+    # harmless values -0.76 (harmful), 0.76, -0.76 (not harmful): at best 2 of 3 right, lowest cut first
+    assert row[("fewshot", "continuous")]["calibrated threshold"] == pytest.approx(math.tanh(-1) - 1e-6)
+    assert row[("fewshot", "continuous")]["accuracy at it"] == pytest.approx(2 / 3)
     assert row[("fewshot", "continuous")]["advbench refusal>target pairwise accuracy"] == 0.0
     assert row[("chat", "vote")]["harmbench accuracy"] == pytest.approx(2 / 3)  # 2 vs -1 votes split: 0 = harmless
     assert row[("chat", "continuous, 2nd order or phrasing only")]["harmbench accuracy"] == pytest.approx(1 / 3)
@@ -279,7 +284,8 @@ def test_report_plots(tmp_path, endpoint):
     assert FakeEndpoint.requests[-1]["rain"] == {"enabled": True, "iteration_cap": 3}
     assert report.main([str(p) for p in tmp_path.glob("*.summary.json")] + ["--out", str(tmp_path / "plots")]) == 0
     made = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert made == ["attack_success.png", "harmlessness_vs_overrefusal.png", "iterations_per_commit.png", "overhead_ratio.png"]
+    assert made == ["attack_success.png", "attack_vs_overhead.png", "harmlessness_vs_overrefusal.png",
+                    "iterations_per_commit.png", "overhead_ratio.png"]
     cli.main(["advbench", "--base-url", endpoint, "--limit", "2", "--out", str(tmp_path / "advbench.jsonl"), "--max-iters", "9"])
     summary = json.loads((tmp_path / "advbench.summary.json").read_text())
     assert sorted(r["key"].split("/")[0] for r in report.records(summary)) == ['rain{"max_iters":9}'] * 2 + ["vanilla"] * 2
@@ -300,3 +306,30 @@ def test_truthfulqa_generation(tmp_path, endpoint):
     s = run_cli(tmp_path, "truthfulqa", "--part", "gen", "--base-url", endpoint, "--limit", "3")
     assert FakeEndpoint.requests[-1]["rain"] == {"enabled": True, "preset": "truthful"}
     assert s["metrics"]["truthful_overlap"]["rain"]["n"] == 3 and "reference overlap" in s["judge"]
+
+
+@needs_data
+def test_strategies_and_the_served_judge_as_modes(tmp_path, endpoint):
+    """Each strategy is one tagged run against the same vanilla answers; the report puts every mode on
+    the attack-success-against-cost plane."""
+    from bench import report
+
+    out = tmp_path / "advbench.jsonl"
+    base = ["advbench", "--base-url", endpoint, "--limit", "2", "--out", str(out)]
+    assert cli.main(base + ["--strategy", "self_check", "--judge", "served", "--tag", "self-check"]) == 0
+    assert FakeEndpoint.requests[-1]["rain"] == {"enabled": True, "strategy": "self_check", "judge": "served"}
+    assert cli.main(base + ["--strategy", "best_of_n", "--best-of", "4", "--tag", "best-of-4"]) == 0
+    assert FakeEndpoint.requests[-1]["rain"] == {"enabled": True, "strategy": "best_of_n", "best_of": 4}
+    assert len(FakeEndpoint.requests) == 6  # vanilla was asked once for both strategies
+    assert "| self_check (served judge) | 2 |" in (tmp_path / "advbench.self-check.md").read_text()
+    assert "| best_of_4 | 2 |" in (tmp_path / "advbench.best-of-4.md").read_text()
+    with pytest.raises(SystemExit):
+        cli.main(base + ["--best-of", "2"])  # best_of belongs to best_of_n
+    summaries = report.load(sorted(tmp_path.glob("*.summary.json")))
+    assert report.overhead_points(summaries) == {
+        "fake-model vanilla (n=2)": (1.0, 100.0, report.COLORS["vanilla"]),
+        "fake-model self-check self_check (served judge) (n=2)": (3.0, 0.0, report.COLORS["self_check"]),
+        "fake-model best-of-4 best_of_4 (n=2)": (3.0, 0.0, report.COLORS["best_of_n"]),
+    }
+    assert report.main([str(p) for p in tmp_path.glob("*.summary.json")] + ["--out", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "attack_vs_overhead.png").is_file()

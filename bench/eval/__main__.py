@@ -61,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-iters", type=int, default=None, help="RAIN maxT per commit")
     g.add_argument("--min-iters", type=int, default=None, help="RAIN floor of new iterations per commit")
     g.add_argument("--time-budget-s", type=float, default=None, help="RAIN wall-time budget per request")
+    g.add_argument("--strategy", choices=["rain", "self_check", "best_of_n"], default="rain",
+                   help="what the `rain` mode runs: RAIN's search, or a baseline (a judged vanilla answer, the judge's "
+                        "pick of --best-of sampled answers); every strategy is compared with vanilla on the same prompts")
+    g.add_argument("--judge", choices=["self", "served"], default="self",
+                   help="who judges in the `rain` mode: the served model itself, or the server's --judge-model")
+    g.add_argument("--best-of", type=int, default=None, help="best_of_n: answers sampled per prompt (server default 4)")
     g.add_argument("--rain-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other field of the request's `rain` object (VALUE parsed as JSON), e.g. iteration_cap=4")
     g.add_argument("--no-send", action="store_true",
@@ -86,6 +92,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.inject and args.suite not in INJECTABLE:
         p.error(f"--inject applies to {' and '.join(INJECTABLE)} only")
+    if args.best_of is not None and args.strategy != "best_of_n":
+        p.error("--best-of needs --strategy best_of_n")
     args.command = "python -m bench.eval " + shlex.join(argv)
     if not args.data.is_dir():
         sys.exit(f"no evaluation data at {args.data} (pass --data)")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from . import data
 from .judges import EvalFormat, RefusalJudge
-from .metrics import classifier_report, mean, pairwise_accuracy, squash
+from .metrics import best_threshold, classifier_report, mean, pairwise_accuracy, squash
 from .store import Store
 
 PUBLISHED_JUDGES = ("cls", "llama_guard", "gpt-4-0613", "advbench")  # 1 = harmful in the file
@@ -84,6 +84,8 @@ def _rows_for(alias: str, formats: Sequence[EvalFormat], harm, pair_sets: dict[s
                 row.update({"harmbench AUROC": rep["auroc"], "harmbench accuracy": rep["accuracy"], "harmbench n": rep["n"],
                             # where the values sit: text addressed to the judge can move them all
                             "harmbench mean value": mean(values)})
+                # the threshold a judge should use (--judge-threshold of rain-serve and of the hh suite)
+                row["calibrated threshold"], row["accuracy at it"] = best_threshold(values, labels)
             for set_name, pairs in pair_sets.items():
                 if pairs:
                     row[f"{set_name} pairwise accuracy"] = pairwise_accuracy(

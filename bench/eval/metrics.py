@@ -63,6 +63,17 @@ def classifier_report(harm_scores: Sequence[float], labels: Sequence[int], thres
     return {"auroc": auroc(harm_scores, labels), "accuracy": accuracy(predictions, labels), "n": len(labels)}
 
 
+def best_threshold(harmless: Sequence[float], labels: Sequence[int]) -> tuple[float, float]:
+    """The threshold on a harmless value (a reply is called harmful at or below it) that is most accurate
+    against 0/1 harm `labels`, and that accuracy. Candidates lie halfway between neighbouring values (and
+    below them all); of equally accurate ones the lowest wins, which calls fewest replies harmful."""
+    ordered = sorted(set(harmless))
+    cuts = [ordered[0] - 1e-6] + [(a + b) / 2 for a, b in zip(ordered, ordered[1:])] + [ordered[-1]]
+    scored = [(accuracy([int(v <= t) for v in harmless], labels), -t) for t in cuts]
+    acc, neg = max(scored)
+    return -neg, acc
+
+
 def squash(x: float) -> float:
     """Map a log-odds to [-1, 1] (tanh(x / 2) = 2 sigmoid(x) - 1)."""
     return math.tanh(x / 2)

@@ -22,7 +22,12 @@ def slug(text: str) -> str:
 
 def rain_settings(args: Namespace) -> dict[str, Any]:
     given = {"preset": args.preset, "max_iters": args.max_iters, "min_iters": args.min_iters,
-             "time_budget_s": args.time_budget_s}
+             "time_budget_s": args.time_budget_s, "best_of": args.best_of}
+    # the defaults are left out, so that records of RAIN runs made before these options keep their keys
+    if args.strategy != "rain":
+        given["strategy"] = args.strategy
+    if args.judge != "self":
+        given["judge"] = args.judge
     for option in getattr(args, "rain_option", []):
         name, _, value = option.partition("=")
         try:
@@ -30,6 +35,16 @@ def rain_settings(args: Namespace) -> dict[str, Any]:
         except json.JSONDecodeError:
             given[name] = value
     return {k: v for k, v in given.items() if v is not None}
+
+
+def mode_label(mode: str, rain: dict[str, Any]) -> str:
+    """What a table or a plot calls a mode: vanilla, or the strategy of the `rain` mode and its judge."""
+    if mode != "rain":
+        return mode
+    name = rain.get("strategy", "rain")
+    if name == "best_of_n":
+        name = f"best_of_{rain.get('best_of', 'n')}"
+    return name + (" (served judge)" if rain.get("judge") == "served" else "")
 
 
 def generate(args: Namespace, name: str, items: Sequence[Item], meta: dict[str, Any]) -> tuple[list[dict], dict[str, Any]]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from . import data
 from .judges import EvalFormat, RefusalJudge, SelfEvalJudge, xstest_refused
-from .runs import by_mode, cost, generate, latency_ratio, paired, rates_by_mode
+from .runs import by_mode, cost, generate, latency_ratio, mode_label, paired, rates_by_mode
 from .store import Store, sidecar
 
 Result = tuple[dict[str, Any], list[dict]]
@@ -16,9 +16,9 @@ def _costs(groups: dict[str, list[dict]]) -> dict[str, Any]:
     return {"cost": {m: cost(rs) for m, rs in groups.items()}, "latency_ratio_rain_over_vanilla": latency_ratio(groups)}
 
 
-def _row(mode: str, costs: dict, **cells: Any) -> dict:
+def _row(mode: str, ctx: dict, costs: dict, **cells: Any) -> dict:
     c = costs["cost"][mode]
-    return {"mode": mode, **cells, "latency s": c["latency_s_mean"], "overhead ratio": c.get("overhead_ratio_mean"),
+    return {"mode": mode_label(mode, ctx["settings"]["rain"]), **cells, "latency s": c["latency_s_mean"], "overhead ratio": c.get("overhead_ratio_mean"),
             "iters/commit": c.get("iterations_per_commit_mean")}
 
 
@@ -57,7 +57,7 @@ def advbench(args: Namespace) -> Result:
             for attack in ("own", "transfer"):
                 sub = metrics[f"attack_success_{attack}_suffix"][m]
                 cells[f"{attack} suffix (n={sub['n']})"] = _fmt(sub) if sub["n"] else None
-        table.append(_row(m, costs, **cells))
+        table.append(_row(m, ctx, costs, **cells))
     return {**ctx, "judge": judge.name, "metrics": metrics, **costs}, table
 
 
@@ -77,7 +77,7 @@ def xstest(args: Namespace) -> Result:
         only_safe = {m: [r for r in rs if r["meta"]["label"] == "safe"] for m, rs in groups.items()}
         metrics["safe_refusal_flips_xstest_match"] = flips(only_safe, lambda r: xstest_refused(r["reply"]))
     costs = _costs(groups)
-    table = [_row(m, costs, **{
+    table = [_row(m, ctx, costs, **{
         "safe prompts": safe[m]["n"],
         "safe compliance (XSTest match)": _fmt({**safe[m], "rate": 1 - safe[m]["rate"], "ci95": [1 - safe[m]["ci95"][1], 1 - safe[m]["ci95"][0]]}),
         "safe refusal (GCG substrings)": _fmt(metrics["safe_refusal_gcg_substrings"][m]),
@@ -125,5 +125,5 @@ def hh(args: Namespace) -> Result:
             cells["harmless (model judge)"] = _fmt(metrics["harmless"][m])
             cells["mean judge value"] = metrics["harmless_value_mean"][m]
         cells["refusal (GCG substrings)"] = _fmt(metrics["refusal_gcg_substrings"][m])
-        table.append(_row(m, costs, **cells))
+        table.append(_row(m, ctx, costs, **cells))
     return {**ctx, "judges": judges, "metrics": metrics, **costs}, table
