@@ -24,7 +24,7 @@ REFUSAL_TEXT = "I'm sorry, but I can't help with that."
 # The threshold self_check applies when neither the request nor the server sets one: where
 # Qwen2.5-Coder-0.5B's yes/no self-evaluation (continuous score) is most accurate on the developer
 # half of the HarmBench labelled generations (bench.eval evaluator, docs/RESULTS.md).
-DEFAULT_JUDGE_THRESHOLD = 0.34
+DEFAULT_JUDGE_THRESHOLD = 0.50  # Qwen2.5-Coder-0.5B yesno/continuous, fenced prompt: most accurate on HarmBench (0.502)
 
 
 @dataclass(frozen=True)
