@@ -140,9 +140,7 @@ class ChatRender:
         choice = {"index": index, "delta": {"content": delta.text} if delta else {},
                   "logprobs": self._logprobs([delta]) if delta and run.wants_logprobs else None,
                   "finish_reason": done and render.finish_reason(done)}
-        rain = render.commit_stats(delta) if delta and run.job.mode == "rain" else {}
-        if done is not None:
-            rain = {**rain, "summary": render.rain_summary(run.job, done)} if delta else render.rain_summary(run.job, done)
+        rain = render.streamed_rain(run.job, delta, done)
         return self._chunk([choice], **({"rain": rain} if rain else {}))
 
     def usage(self, dones: Sequence[Done]) -> str:

@@ -74,9 +74,7 @@ class CompletionRender:
         choice = {"index": index, "text": delta.text if delta else "",
                   "logprobs": self._logprobs(index, [delta]) if delta and run.wants_logprobs else None,
                   "finish_reason": done and render.finish_reason(done)}
-        rain = render.commit_stats(delta) if delta and run.job.mode == "rain" else {}
-        if done is not None:
-            rain = {**rain, "summary": render.rain_summary(run.job, done)}
+        rain = render.streamed_rain(run.job, delta, done)
         extra = {"usage": None} if self.include_usage else {}
         return json.dumps(self._body([choice], **extra, **({"rain": rain} if rain else {})))
 

@@ -58,6 +58,15 @@ def judgment_fields(judgment: Judgment) -> dict:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def streamed_rain(job: Job, delta: Optional[Delta], done: Optional[Done]) -> dict:
+    """A stream chunk's `rain`: its set's search (RAIN only), and on a generation's last chunk its summary
+    (under `summary`; alone when the generation ended without a last set)."""
+    rain = commit_stats(delta) if delta and job.mode == "rain" else {}
+    if done is None:
+        return rain
+    return {**rain, "summary": rain_summary(job, done)} if delta else rain_summary(job, done)
+
+
 def full_summary(job: Job, deltas: Sequence[Delta], done: Done) -> dict:
     """A non-streamed choice's `rain` object: the summary plus every commit's search (RAIN only)."""
     return rain_summary(job, done, [commit_stats(d) for d in deltas] if job.mode == "rain" else None)

@@ -19,6 +19,10 @@ from .protocol import Delta, Done, Failed
 T = TypeVar("T")
 
 
+def wants_logprobs(job: Job) -> bool:
+    return job.request.params.logprobs is not None
+
+
 @dataclass(frozen=True)
 class Step:
     """A committed set, the end of the generation, or both (the set that ends it)."""
@@ -41,7 +45,7 @@ class Outcome:
 
     @property
     def wants_logprobs(self) -> bool:
-        return self.job.request.params.logprobs is not None
+        return wants_logprobs(self.job)
 
 
 class Run:
@@ -52,7 +56,7 @@ class Run:
 
     @property
     def wants_logprobs(self) -> bool:
-        return self.job.request.params.logprobs is not None
+        return wants_logprobs(self.job)
 
     async def _next_event(self) -> Union[Delta, Done]:
         try:
