@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from serve_helpers import kill_until_it_fails
 
@@ -145,8 +146,8 @@ def test_the_page_asks_for_the_api_key_and_sends_it(keyed_server, tab):
     assert page.get_attribute("#api-key", "type") == "password"
     page.fill("#api-key", "wrong")
     page.click("#key-form button")
-    page.wait_for_function("document.getElementById('key-message').textContent.includes('refused')",
-                           timeout=ANSWER_MS)
+    # expect() polls from Playwright's own world; wait_for_function evals in the page, which the CSP forbids
+    expect(page.locator("#key-message")).to_contain_text("refused", timeout=ANSWER_MS)
     assert page.is_visible("#key-form")
     page.fill("#api-key", KEY)
     page.click("#key-form button")
