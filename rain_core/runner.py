@@ -72,7 +72,7 @@ class ModelRunner:
             input_ids=input_ids,
             position_ids=None if position_ids is None else position_ids.to(self.device).view(1, -1),
             attention_mask=attention_mask,
-            cache=self.caches[handle],
+            past_key_values=self.caches[handle],  # the name every transformers 5.x accepts (5.24 renames it `cache`)
             use_cache=True,
             logits_to_keep=logits_at.to(self.device),
         )
