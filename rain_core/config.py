@@ -67,6 +67,13 @@ class RainConfig:
     q_normalization: QNormalization = "fixed"
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     iteration_cap: Optional[int] = None  # hard budget of iterations per commit, over everything above
+    # K leaves selected per round, their leaves evaluated together; 1 is the paper's sequential search. The
+    # K selections of a round are kept apart by virtual loss (Tree.add_virtual_loss), which costs some search
+    # strength for the batching (Mirsoleimani et al. 2017; WU-UCT, ICLR 2020)
+    parallel_leaves: int = 1
+    # What an in-flight visit counts as in the selection until its real value is backed up: the worst
+    # self-evaluation, so that the next selection of the round steers away from a leaf already being evaluated
+    virtual_loss_value: float = -1.0
     time_budget_s: Optional[float] = None  # wall-time budget of the whole request
     strategy: Strategy = "rain"
     judge: JudgeChoice = "self"

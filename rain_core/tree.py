@@ -18,6 +18,16 @@ the same class and is not archived):
   the new child's prior). Node.raw_prior (an extra field) keeps the unnormalised prior for this.
 - Depth: a child gets parent.depth + 1, so the root of a fresh answer has depth -1.
 - expand drops repeated token sets (first kept) before renormalising, as the reference's candidate lists do.
+
+Virtual loss (cfg.parallel_leaves > 1, our extension): a selected path is marked in flight until its value is
+backed up, and only the selection sees the marks: each in-flight visit reads as a visit backed up with
+cfg.virtual_loss_value (effective n = n + in_flight, effective q = (q n + value in_flight) / (n + in_flight)).
+n, fn, q and qmin/qmax are never touched, so best_child, the stopping rule, widening and the budget see the
+real search, and a backup after release is the sequential backup. Without in-flight visits every number is
+computed by the sequential expressions, so K = 1 is the paper's search bit for bit. An effective q is
+normalised over the real qmin/qmax and clamped into [0, 1]: below the values seen it reads as the worst of
+them (0), not as something worse than any real node; with at most one value seen it reads 0 below that value
+and 0.5 otherwise, as a visited node does. (Under the fixed bounds (-1, 1) the clamp never binds.)
 """
 from __future__ import annotations
 
@@ -71,6 +81,7 @@ class Node:
     embedding_count: int = 0
     terminal: bool = False  # ends the answer (EOS / length limit): never expanded
     raw_prior: float = 0.0  # unnormalised prior as given to expand/add_child, to place widened siblings
+    in_flight: int = 0  # selections through this node whose value is not backed up yet (virtual loss)
 
     def path_tokens(self, root: "Node") -> list[int]:
         """Tokens from just below `root` down to and including self."""
@@ -98,15 +109,35 @@ class Tree:
             stack.extend(node.children)
         return count
 
+    def effective_n(self, node: Node) -> float:
+        """The visits the selection sees: real ones plus in-flight ones."""
+        return node.n if node.in_flight == 0 else node.n + node.in_flight
+
+    def effective_q(self, node: Node) -> float:
+        """The value the selection sees: as if each in-flight visit had been backed up with the virtual loss."""
+        if node.in_flight == 0:
+            return node.q  # not q*n/n: K = 1 must reproduce the sequential search bit for bit
+        return (node.q * node.n + self.cfg.virtual_loss_value * node.in_flight) / (node.n + node.in_flight)
+
     def normalized_q(self, node: Node) -> float:
+        if node.in_flight:
+            return self._normalized_effective_q(node)
         if node.n == 0:
             return 0.0
         if self.qmax <= self.qmin:  # at most one value seen (observed normalisation): neither good nor bad yet
             return 0.5
         return (node.q - self.qmin) / (self.qmax - self.qmin + self.cfg.q_norm_eps)
 
+    def _normalized_effective_q(self, node: Node) -> float:
+        """Q̂ of an in-flight node, clamped into [0, 1] because its effective q may lie outside the real
+        qmin/qmax, which virtual loss never moves (module docstring)."""
+        q = self.effective_q(node)
+        if self.qmax <= self.qmin:  # at most one value seen (or none: qmin = inf)
+            return 0.0 if q < self.qmin else 0.5
+        return min(1.0, max(0.0, (q - self.qmin) / (self.qmax - self.qmin + self.cfg.q_norm_eps)))
+
     def puct_score(self, parent: Node, child: Node) -> float:
-        u = self.cfg.c_puct * child.prior * math.sqrt(parent.n) / (1.0 + child.n)
+        u = self.cfg.c_puct * child.prior * math.sqrt(self.effective_n(parent)) / (1.0 + self.effective_n(child))
         return self.normalized_q(child) + u
 
     def select_child(self, node: Node) -> Node:
@@ -117,6 +148,31 @@ class Tree:
 
     def _is_root(self, node: Node) -> bool:
         return node.parent is None
+
+    def add_virtual_loss(self, path: Sequence[Node]) -> None:
+        """Mark a selected path in flight: the root and every node of `path` (the selected nodes below the
+        root down to the leaf, as the search collects them; empty when the leaf is the root; a leading root
+        is accepted too) get one in-flight visit, so that the round's next selection sees them as losing."""
+        for node in self._from_root(path):
+            node.in_flight += 1
+
+    def release(self, path: Sequence[Node]) -> None:
+        """Undo exactly one add_virtual_loss(path); back the real value up with backup (either order)."""
+        nodes = self._from_root(path)
+        if any(node.in_flight == 0 for node in nodes):  # check first: a bad release must change nothing
+            raise ValueError("release of a path that is not in flight")
+        for node in nodes:
+            node.in_flight -= 1
+
+    def _from_root(self, path: Sequence[Node]) -> list[Node]:
+        """The root followed by `path`, checked to be a chain of children from this tree's root."""
+        nodes = list(path[1:]) if path and path[0] is self.root else list(path)
+        parent = self.root
+        for node in nodes:
+            if node.parent is not parent:
+                raise ValueError("path is not a chain of children from this tree's root")
+            parent = node
+        return [self.root, *nodes]
 
     def expand(self, node: Node, token_sets: Sequence[Sequence[int]], priors: Sequence[float],
                terminal: Sequence[bool]) -> list[Node]:
@@ -234,6 +290,8 @@ class Tree:
     def commit(self, child: Node) -> Node:
         if child.parent is not self.root:
             raise ValueError("can only commit a child of the root")
+        if self.root.in_flight:  # every in-flight path holds the root: their values would be lost
+            raise ValueError("commit while selections are in flight; release them first")
         child.parent = None  # the old root and the siblings become garbage; qmin/qmax carry over
         self.root = child
         for c, p in zip(child.children, smooth_priors([c.prior for c in child.children],

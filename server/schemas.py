@@ -23,10 +23,11 @@ INT64 = (-(2**63), 2**63 - 1)  # OpenAI's seed is an int64; torch takes nothing 
 MAX_CHOICES = 8
 MAX_TOP_LOGPROBS = 20
 MAX_BEST_OF = 8
+MAX_PARALLEL_LEAVES = 16  # leaves evaluated together per search round; more mostly costs search strength
 # RAIN's search knobs: a baseline strategy has no search for them to shape, so they are refused there
 SEARCH_OPTIONS = frozenset({"max_iters", "min_iters", "min_visits", "value_threshold", "c_puct", "q_normalization",
                             "num_candidates", "candidate_top_k", "similarity_threshold", "similarity_weight",
-                            "time_budget_s", "iteration_cap", "simulation_max_tokens"})
+                            "time_budget_s", "iteration_cap", "simulation_max_tokens", "parallel_leaves"})
 
 # OpenAI fields of every endpoint that rain-serve does not implement, with the values that ask for nothing.
 UNSUPPORTED: dict[str, tuple] = {
@@ -84,6 +85,7 @@ class RainOptions(Strict):
     time_budget_s: Optional[float] = Field(None, gt=0.0, le=3600.0)
     iteration_cap: Optional[int] = Field(None, ge=1, le=10_000)
     simulation_max_tokens: Optional[int] = Field(None, ge=1, le=8192)
+    parallel_leaves: Optional[int] = Field(None, ge=1, le=MAX_PARALLEL_LEAVES)
     best_of: Optional[int] = Field(None, ge=1, le=MAX_BEST_OF)
     judge_threshold: Optional[float] = Field(None, ge=-1.0, le=1.0)
 

@@ -40,6 +40,8 @@ def test_every_endpoint_names_its_bodies(document, rain_server):
     rain = document["components"]["schemas"]["RainOptions"]["properties"]
     max_iters = next(s for s in rain["max_iters"]["anyOf"] if s.get("type") == "integer")
     assert (max_iters["minimum"], max_iters["maximum"]) == (1, 10_000)
+    parallel_leaves = next(s for s in rain["parallel_leaves"]["anyOf"] if s.get("type") == "integer")
+    assert (parallel_leaves["minimum"], parallel_leaves["maximum"]) == (1, 16)
     chat = document["components"]["schemas"]["ChatCompletionRequest"]
     assert chat["additionalProperties"] is False and "messages" in chat["required"]
     assert "overhead_ratio" in document["components"]["schemas"]["RainSummary"]["properties"]

@@ -72,6 +72,11 @@ def test_fields_at_their_off_value_are_accepted(fields):
     ({"rain": {"value_threshold": 1.5}}, "rain.value_threshold"),
     ({"rain": {"score": "stars"}}, "rain.score"),
     ({"rain": {"q_normalization": "minmax"}}, "rain.q_normalization"),
+    ({"rain": {"parallel_leaves": 0}}, "rain.parallel_leaves"),
+    ({"rain": {"parallel_leaves": 17}}, "rain.parallel_leaves"),
+    ({"rain": {"parallel_leaves": 2.0}}, "rain.parallel_leaves"),  # strict: an int, not a float
+    ({"rain": {"parallel_leaves": True}}, "rain.parallel_leaves"),
+    ({"rain": {"strategy": "best_of_n", "parallel_leaves": 2}}, "rain.parallel_leaves"),  # a baseline does not search
     ({"rain": {"preset": "nope"}}, "rain.preset"),
     ({"rain": {"unknown": 1}}, "rain.unknown"),
     ({"rain": {"enabled": False, "max_iters": 3}}, "rain"),
@@ -109,14 +114,15 @@ def test_messages_map_to_chat_turns():
 def test_rain_object_maps_onto_the_preset():
     request = parse(temperature=0.7, top_p=0.9, seed=5, stop="END", max_completion_tokens=12,
                     rain={"preset": "truthful", "max_iters": 3, "min_iters": 1, "score": "continuous",
-                          "principle": "Be kind", "time_budget_s": 2.5, "q_normalization": "observed"})
+                          "principle": "Be kind", "time_budget_s": 2.5, "q_normalization": "observed",
+                          "parallel_leaves": 4})
     assert request.mode("vanilla") == "rain"
     generation = request.generation("rain", request.token_limit)
     rain, params = generation.rain, generation.params
     assert (rain.max_iters, rain.min_iters, rain.time_budget_s) == (3, 1, 2.5)
     assert (rain.candidate_temperature, rain.candidate_top_p) == (0.7, 0.9)
     assert rain.evaluator.score == "continuous" and rain.evaluator.principle == "Be kind"
-    assert rain.q_normalization == "observed"
+    assert rain.q_normalization == "observed" and rain.parallel_leaves == 4
     assert rain.min_visits == PRESETS["truthful"].min_visits  # untouched preset values stay
     assert rain.evaluator.criterion == "truthful"
     assert (params.max_new_tokens, params.stop, params.seed, params.temperature) == (12, ("END",), 5, 0.7)
