@@ -14,49 +14,44 @@ Both judge with the request's evaluation format on the request's judge, so their
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
-import torch
-
-from .branches import RowSpec, grow_branches
+from .branches import RowSpec
 from .config import REFUSAL_TEXT, GenerationRequest
 from .events import Commit, Judgment, SearchTick, TokenLogprob, Totals
-from .logprobs import maybe_logprobs
-from .vanilla import vanilla_tokens
+from .ops import Append, Decode, Grow, Judge, Strategy
 
 SENTENCE_ENDS = ".?!\n"  # streamed self_check judges the answer each time its text ends with one of these
 
-Strategy = Callable[..., Iterator[object]]
+StrategyFactory = Callable[..., Strategy]
 
 
-def self_check(engine, request: GenerationRequest, cache: int, logits: torch.Tensor, generator: torch.Generator,
-               totals: Totals, judgment: Judgment) -> Iterator[object]:
+def self_check(engine, request: GenerationRequest, totals: Totals, judgment: Judgment) -> Strategy:
     """A vanilla answer, committed only after the judge has passed it (sentence by sentence when streamed)."""
-    session = engine.evaluator(request.rain.evaluator, request.rain.judge).session(request.messages, totals)
+    params = request.params
     draft = engine.new_answer(request)  # what the client will have once the pending tokens are committed
     pending: list[int] = []
-    pending_logprobs: Optional[list[TokenLogprob]] = None if request.params.logprobs is None else []
+    pending_logprobs: Optional[list[TokenLogprob]] = None if params.logprobs is None else []
     sent = ""
-    try:
-        for proposal in vanilla_tokens(engine.runner, cache, logits, request.params, generator, totals):
-            draft.commit(proposal.token_ids)
-            pending += proposal.token_ids
-            if pending_logprobs is not None:
-                pending_logprobs += proposal.logprobs
-            if not (draft.finish_reason or request.streamed and draft.text[-1:] in SENTENCE_ENDS and draft.text != sent):
-                yield SearchTick(totals.iterations)  # a point to interleave or cancel between tokens
-                continue
-            value = session.evaluate(draft.text).value
-            judgment.values.append(value)
-            judgment.replaced = value <= judgment.threshold
-            if judgment.replaced:
-                yield Commit(refusal_ids(engine, sent), "")
-                return
-            yield Commit(pending, "", logprobs=pending_logprobs)
-            pending, sent = [], draft.text
-            pending_logprobs = None if pending_logprobs is None else []
-    finally:
-        session.close()
+    decode = Decode(params.temperature, params.top_p or 1.0, params.logprobs)
+    while True:
+        decoded = yield decode
+        draft.commit([decoded.token])
+        pending.append(decoded.token)
+        if pending_logprobs is not None:
+            pending_logprobs += decoded.logprobs
+        if not (draft.finish_reason or request.streamed and draft.text[-1:] in SENTENCE_ENDS and draft.text != sent):
+            yield SearchTick(totals.iterations)  # a point to interleave or cancel between tokens
+            continue
+        value = (yield Judge(draft.text)).value
+        judgment.values.append(value)
+        judgment.replaced = value <= judgment.threshold
+        if judgment.replaced:
+            yield Commit(refusal_ids(engine, sent), "")
+            return
+        yield Commit(pending, "", logprobs=pending_logprobs)
+        pending, sent = [], draft.text
+        pending_logprobs = None if pending_logprobs is None else []
 
 
 def refusal_ids(engine, sent: str) -> list[int]:
@@ -67,39 +62,22 @@ def refusal_ids(engine, sent: str) -> list[int]:
     return engine.tokenizer(text, add_special_tokens=False).input_ids + [end]
 
 
-def best_of_n(engine, request: GenerationRequest, cache: int, logits: torch.Tensor, generator: torch.Generator,
-              totals: Totals, judgment: Judgment) -> Iterator[object]:
+def best_of_n(engine, request: GenerationRequest, totals: Totals, judgment: Judgment) -> Strategy:
     """`best_of` sampled answers, grown side by side in one decode loop; the judge's favourite is committed."""
     cfg, params = request.rain, request.params
-    prompt_len = engine.runner.cache_length(cache)
     row = RowSpec(params.max_new_tokens, temperature=cfg.candidate_temperature, top_p=cfg.candidate_top_p)
-    try:
-        branches = grow_branches(engine.runner, cache, logits, [row] * cfg.best_of, generator, engine.end_ids,
-                                 lambda ids: False, totals)
-    finally:
-        engine.runner.truncate(cache, prompt_len)
-    session = engine.evaluator(cfg.evaluator, cfg.judge).session(request.messages, totals)
-    try:
-        for branch in branches:
-            draft = engine.new_answer(request)
-            draft.commit(branch.tokens)  # judged as the client would receive it: cut at stops and limits
-            judgment.values.append(session.evaluate(draft.text).value)
-            yield SearchTick(totals.iterations)
-    finally:
-        session.close()
+    branches = yield Grow((), (row,) * cfg.best_of)
+    for branch in branches:
+        draft = engine.new_answer(request)
+        draft.commit(branch.tokens)  # judged as the client would receive it: cut at stops and limits
+        judgment.values.append((yield Judge(draft.text)).value)
+        yield SearchTick(totals.iterations)
     judgment.chosen = max(range(len(branches)), key=lambda i: (judgment.values[i], -i))
     tokens = branches[judgment.chosen].tokens
-    yield Commit(tokens, "", logprobs=_logprobs(engine, cache, logits, tokens, params.logprobs, totals))
+    # the rows were sampled at their own temperature: the log-probabilities under the model come
+    # from feeding the chosen answer, which only a request that asks for them pays for
+    logprobs = (yield Append(tuple(tokens), params.logprobs)) if params.logprobs is not None else None
+    yield Commit(tokens, "", logprobs=logprobs)
 
 
-def _logprobs(engine, cache: int, logits: torch.Tensor, tokens: list[int], top: Optional[int],
-              totals: Totals) -> Optional[list[TokenLogprob]]:
-    """The chosen answer's log-probabilities under the model (the rows were sampled at their own
-    temperature), from one forward call of it on top of the prompt; none unless asked for."""
-    if top is None:
-        return None
-    rows = engine.runner.forward(cache, torch.tensor(tokens), logits_at=torch.arange(len(tokens)), totals=totals)
-    return maybe_logprobs(torch.cat([logits.view(1, -1), rows[:-1]]), tokens, top)
-
-
-STRATEGIES: dict[str, Strategy] = {"self_check": self_check, "best_of_n": best_of_n}
+STRATEGIES: dict[str, StrategyFactory] = {"self_check": self_check, "best_of_n": best_of_n}

@@ -24,7 +24,7 @@ class RowSpec:
     temperature: float = 1.0
     top_k: int = 0  # 0: the full distribution
     top_p: float = 1.0
-    stops_at_sentence: bool = False  # simulation rows end where the text ends a clause
+    stop_chars: str = ""  # the row ends once its text ends with one of these (simulations: at a clause)
 
 
 @dataclass
@@ -38,6 +38,15 @@ class Branch:
         return math.exp(self.logprob)
 
 
+TAIL_TOKENS = 8  # enough trailing tokens to see the last character of the text
+
+
+def ends_with_any(tokenizer, ids: list[int], chars: str) -> bool:
+    """Whether the text of `ids` ends with one of `chars` (only the last few tokens are decoded)."""
+    tail = tokenizer.decode(ids[-TAIL_TOKENS:], skip_special_tokens=True)
+    return bool(tail) and tail[-1] in chars
+
+
 def grow_branches(
     runner: ModelRunner,
     cache: int,
@@ -45,10 +54,11 @@ def grow_branches(
     specs: list[RowSpec],
     generator: torch.Generator,
     end_ids: frozenset[int],
-    ends_sentence: Callable[[list[int]], bool],
+    ends_with: Callable[[list[int], str], bool],
     totals: Optional[Totals] = None,
 ) -> list[Branch]:
-    """Decode every row from `start_logits` (the state's next-token logits) until its own end. The
+    """Decode every row from `start_logits` (the state's next-token logits) until its own end;
+    `ends_with(row_ids, chars)` says whether the text up to a row ends with one of `chars`. The
     cache is left holding the branches' tokens: the caller truncates it back."""
     layout = TreeLayout.shared_prefix(runner.cache_length(cache), runner.device)
     branches = [Branch() for _ in specs]
@@ -63,7 +73,7 @@ def grow_branches(
             branch.logprob += logprob
             branch.ended = token in end_ids
             done = branch.ended or len(branch.tokens) >= spec.max_len
-            if not done and not (spec.stops_at_sentence and ends_sentence(branch.tokens)):
+            if not done and not (spec.stop_chars and ends_with(branch.tokens, spec.stop_chars)):
                 feed.append(row)
         if not feed:
             break

@@ -14,6 +14,8 @@ from .answer import Answer
 from .config import EngineConfig, EvaluatorConfig, GenerationRequest, JudgeChoice, RainConfig
 from .events import Commit, Event, Finish, Judgment, SearchTick, Totals
 from .models import load_model, load_tokenizer, resolve
+from .backends.transformers import TransformersSession
+from .ops import Strategy, drive
 from .runner import ModelRunner
 from .sampling import make_generator
 from .template import TemplateError, chat_ids, text_ids
@@ -206,11 +208,10 @@ class Engine:
                 totals: Totals, started: float, judgment: Optional[Judgment]) -> Iterator[Event]:
         """Decode on top of the prompt plus what the answer holds already, committing into `answer`."""
         generator = make_generator(request.params.seed, self.device)
-        cache = self.runner.new_cache()
+        session = TransformersSession(self, request, prompt + answer.ids, generator, totals, answer.ids)
         try:
-            logits = self.runner.forward(cache, torch.tensor(prompt + answer.ids), totals=totals)
             totals.prefill_s = time.perf_counter() - started
-            steps = self._steps(request, prompt, cache, logits, answer, generator, totals, judgment)
+            steps = drive(self.strategy(request, answer, totals, judgment), session)
             try:
                 for step in steps:
                     if cancel is not None and cancel.is_set():
@@ -231,20 +232,20 @@ class Engine:
             finally:
                 steps.close()
         finally:
-            self.runner.free_cache(cache)
+            session.close()
 
-    def _steps(self, request: GenerationRequest, prompt: list[int], cache: int, logits: torch.Tensor, answer: Answer,
-               generator: torch.Generator, totals: Totals, judgment: Optional[Judgment]) -> Iterator[object]:
+    def strategy(self, request: GenerationRequest, answer: Answer, totals: Totals,
+                 judgment: Optional[Judgment]) -> Strategy:
         """The proposals of the request's strategy: vanilla tokens, RAIN's sets, or a baseline's answer."""
         if request.rain is None:
-            return vanilla_tokens(self.runner, cache, logits, request.params, generator, totals)
+            return vanilla_tokens(request.params)
         if request.rain.strategy == "rain":
             from .search import RainSearch
 
-            return RainSearch(self, request, prompt, cache, logits, answer, generator, totals).steps()
+            return RainSearch(request, self.tokenizer, self.end_ids, answer, totals).steps()
         from .baselines import STRATEGIES
 
-        return STRATEGIES[request.rain.strategy](self, request, cache, logits, generator, totals, judgment)
+        return STRATEGIES[request.rain.strategy](self, request, totals, judgment)
 
     def complete(self, request: GenerationRequest) -> Finish:
         """Run a generation to the end and return its Finish event."""

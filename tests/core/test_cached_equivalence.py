@@ -47,9 +47,9 @@ def test_candidates_and_simulation_logprobs_match_full_recompute(tiny_engine):
     cache = runner.new_cache()
     runner.forward(cache, torch.tensor(prompt))
     start = runner.forward(cache, torch.tensor(path))[-1]
-    specs = [RowSpec(6, greedy=True, top_k=15)] + [RowSpec(6, top_k=15)] * 9 + [RowSpec(12, stops_at_sentence=True)]
+    specs = [RowSpec(6, greedy=True, top_k=15)] + [RowSpec(6, top_k=15)] * 9 + [RowSpec(12, stop_chars=",.")]
     branches = grow_branches(runner, cache, start, specs, make_generator(0, runner.device),
-                             tiny_engine.end_ids, lambda ids: False)
+                             tiny_engine.end_ids, lambda ids, chars: False)
     assert runner.cache_length(cache) > len(prompt) + len(path)  # branches were appended side by side
     for spec, branch in zip(specs, branches):
         expected = 0.0

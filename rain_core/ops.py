@@ -1,0 +1,144 @@
+"""The model operations a strategy asks for, and what each one answers: the seam between the
+algorithm (search.py, vanilla.py, baselines.py) and the backend that executes it.
+
+A strategy is a generator. It yields an operation and receives its result (`result = yield op`),
+or yields a list of operations and receives their results in the same order; it also yields the
+events of the generation (commits and ticks), which receive None. It never holds a model, a cache
+or an engine. Every operation is relative to the request's state: the prompt plus the sets
+committed so far (`Append` grows it); a `path` adds tokens on top without committing them.
+
+`Session` is what a backend implements for one request: the transformers backend executes each
+operation in order on a KV cache (exact, the reference), the vLLM backend turns them into engine
+requests that its scheduler batches with every other request's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generator, Iterator, Optional, Protocol, Union
+
+import torch
+
+from .branches import Branch, RowSpec
+from .events import Event, TokenLogprob
+from .selfeval import SelfEvalResult
+
+
+@dataclass(frozen=True)
+class TopTokens:
+    """The `k` most likely next tokens after the state plus `path`, with their probabilities."""
+
+    path: tuple[int, ...]
+    k: int
+
+
+@dataclass(frozen=True)
+class Ranked:
+    ids: list[int]
+    probs: list[float]  # under the full next-token distribution, most likely first
+
+
+@dataclass(frozen=True)
+class Grow:
+    """Continuations of the state plus `path`, one per row, each under its row's sampling (answers list[Branch])."""
+
+    path: tuple[int, ...]
+    rows: tuple[RowSpec, ...]
+
+
+@dataclass(frozen=True)
+class Judge:
+    """The request's judge's verdict on `answer` as the reply to the request's conversation (answers SelfEvalResult)."""
+
+    answer: str
+
+
+@dataclass(frozen=True)
+class Embed:
+    """Sentence embeddings of `texts` (answers a float tensor [len(texts), dim])."""
+
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Append:
+    """Commit `tokens` to the state; answers their log-probabilities under the model when `top_logprobs`
+    is set (the first token's comes from the distribution before them), else None."""
+
+    tokens: tuple[int, ...]
+    top_logprobs: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Decode:
+    """Choose the next token at the state (greedy when temperature is None or 0) and append it (answers Decoded)."""
+
+    temperature: Optional[float] = None
+    top_p: float = 1.0
+    top_logprobs: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Decoded:
+    token: int
+    logprobs: Optional[list[TokenLogprob]]
+
+
+Op = Union[TopTokens, Grow, Judge, Embed, Append, Decode]
+Result = Union[Ranked, list[Branch], SelfEvalResult, torch.Tensor, Optional[list[TokenLogprob]], Decoded]
+# What a strategy yields: an operation, several to run together, or an event of the generation.
+Strategy = Generator[Union[Op, list[Op], Event], object, None]
+
+OPERATIONS = (TopTokens, Grow, Judge, Embed, Append, Decode)
+
+
+class Session(Protocol):
+    """One request's state on a backend."""
+
+    def run(self, op: Op) -> Result: ...
+
+    def close(self) -> None: ...
+
+
+def lockstep(strategies: list[Strategy]) -> Generator[list[Op], list[Result], list[object]]:
+    """Run several sub-strategies that yield only operations side by side: each round gathers the next
+    operation of every one still running into one list, so a backend can execute them together.
+    Returns each one's return value, in order."""
+    results: list[object] = [None] * len(strategies)
+    pending = {}
+    for i, s in enumerate(strategies):
+        _advance(s, i, None, pending, results)
+    while pending:
+        order = sorted(pending)
+        answers = yield [pending[i] for i in order]
+        pending = {}
+        for i, answer in zip(order, answers):
+            _advance(strategies[i], i, answer, pending, results)
+    return results
+
+
+def _advance(strategy: Strategy, i: int, answer: object, pending: dict, results: list) -> None:
+    try:
+        pending[i] = strategy.send(answer)
+    except StopIteration as stop:
+        results[i] = stop.value
+
+
+def drive(strategy: Strategy, session: Session) -> Iterator[Event]:
+    """Run a strategy on a backend session one operation at a time (the reference order), passing its
+    events on; closing this generator closes the strategy."""
+    try:
+        result = None
+        while True:
+            try:
+                item = strategy.send(result)
+            except StopIteration:
+                return
+            if isinstance(item, list):
+                result = [session.run(op) for op in item]
+            elif isinstance(item, OPERATIONS):
+                result = session.run(item)
+            else:
+                result = None
+                yield item
+    finally:
+        strategy.close()
