@@ -56,6 +56,16 @@ def test_time_budget_ends_with_length(rain_server):
     assert answer.usage.completion_tokens < 40
 
 
+def test_parallel_leaves_search_several_leaves_per_round_over_http(rain_server):
+    """Four iterations per commit in waves of up to four leaves; every iteration is still counted."""
+    answer = rain_server.client().chat.completions.create(
+        model="smollm2", messages=MESSAGES, max_tokens=6, seed=3,
+        extra_body={"rain": {"max_iters": 4, "min_iters": 4, "parallel_leaves": 4}})
+    rain = answer.model_extra["rain"]
+    assert answer.choices[0].message.content and rain["commits"] >= 1
+    assert all(s["iterations"] == 4 for s in rain["commit_stats"]) and rain["iterations"] == 4 * rain["commits"]
+
+
 def test_bad_rain_options_are_refused(rain_server):
     with pytest.raises(openai.BadRequestError) as caught:
         rain_server.client().chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=4,
