@@ -150,6 +150,8 @@ class GenerationRequest:
 
 
 Device = str
+# What executes the model operations: the transformers reference, or vLLM's batching engine.
+Backend = Literal["transformers", "vllm"]
 DType = Literal["float32", "bfloat16", "float16"]
 
 
@@ -160,7 +162,8 @@ class EngineConfig:
     model: Optional[str] = None  # HF id, local dir, .gguf file or alias; None: embedded SmolLM2
     device: Device = "cpu"
     dtype: DType = "float32"
-    tp: int = 1  # tensor-parallel ranks
+    tp: int = 1  # tensor-parallel ranks (vLLM's tensor_parallel_size on the vllm backend)
+    backend: Backend = "transformers"
     encoder: Optional[str] = None  # sentence encoder dir; None: embedded all-MiniLM-L6-v2
     threads: Optional[int] = None  # torch intra-op threads on CPU
     judge_model: Optional[str] = None  # a second model (same forms as `model`) that judges for rain.judge="served"

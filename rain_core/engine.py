@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterator, Optional
+from typing import Any, AsyncIterator, Iterator, Optional
 
 import torch
 
@@ -81,6 +81,18 @@ class JudgeModel:
     tokenizer: Any
 
 
+@dataclass
+class Generation:
+    """One request on its way through the engine: what it is fed, its answer and its counts."""
+
+    request: GenerationRequest
+    prompt: list[int]
+    answer: Answer
+    totals: Totals
+    judgment: Optional[Judgment]
+    started: float
+
+
 class Engine:
     def __init__(self, config: EngineConfig = EngineConfig()):
         self.config = config
@@ -89,21 +101,32 @@ class Engine:
         self.source = resolve(config.model)
         self.model_name = self.source.name
         self.tokenizer = load_tokenizer(self.source)
-        if config.tp > 1:
-            from .tp import start_tensor_parallel
-
-            self.runner = start_tensor_parallel(self.source, config)
-        else:
-            model = load_model(self.source, config.device, config.dtype)
-            self.runner = ModelRunner(model, config.device)
-        self.device = self.runner.device
-        self.context_length = self.runner.max_positions
         self.end_ids = self._end_token_ids()
+        self.runner: Optional[ModelRunner] = None
+        if config.backend == "vllm":
+            from .backends.vllm import VllmBackend
+
+            self.vllm = VllmBackend(config, source=self.source)
+            self.device = torch.device(config.device)
+            self.context_length = self.vllm.context_length
+        else:
+            self.runner = self._start_runner()
+            self.device = self.runner.device
+            self.context_length = self.runner.max_positions
         self._lock = threading.Lock()
         self._evaluators: dict = {}
         self.judges = {"self": JudgeModel("self", self.runner, self.tokenizer)}
         if config.judge_model is not None:
+            if config.backend == "vllm":
+                raise ValueError("--judge-model runs on the transformers backend only; leave it out with --backend vllm")
             self.judges["served"] = self._load_judge(config.judge_model)
+
+    def _start_runner(self) -> ModelRunner:
+        if self.config.tp > 1:
+            from .tp import start_tensor_parallel
+
+            return start_tensor_parallel(self.source, self.config)
+        return ModelRunner(load_model(self.source, self.config.device, self.config.dtype), self.config.device)
 
     def _load_judge(self, name: str) -> JudgeModel:
         """The judge runs on the served model's device, unsharded: it only reads two option
@@ -189,63 +212,85 @@ class Engine:
     def generate(self, request: GenerationRequest, cancel: Optional[threading.Event] = None) -> Iterator[Event]:
         """Yield Commit events (and SearchTicks under RAIN and the baselines), then one Finish. Closing
         the generator frees its caches; `cancel` ends it at the next token or search iteration. A request
-        with a `resume` continues that answer: its sets are replayed silently (the client has their text)."""
+        with a `resume` continues that answer: its sets are replayed silently (the client has their text).
+        The operations run one at a time on the transformers backend, in the reference order."""
+        g = self._begin(request)
+        if g.answer.finish_reason is None:  # a resumed answer may have ended just before its worker died
+            session = TransformersSession(self, request, g.prompt + g.answer.ids, make_generator(request.params.seed, self.device),
+                                          g.totals, g.answer.ids)
+            g.totals.prefill_s = time.perf_counter() - g.started
+            steps = drive(self.strategy(g), session)
+            try:
+                for step in steps:
+                    if cancel is not None and cancel.is_set():
+                        g.answer.end("cancelled")
+                        break
+                    yield self._record(g, step)
+                    if g.answer.finish_reason:
+                        break
+            finally:
+                steps.close()
+                session.close()
+        yield self._end(g)
+
+    async def generate_async(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        """`generate` on the vLLM backend: the request's operations go to the engine as they come,
+        batched by it with every other request's (and a wave's leaves with each other). Cancelling the
+        task that iterates this aborts whatever the request still has in the engine."""
+        from .backends.vllm import drive_async
+
+        g = self._begin(request)
+        if g.answer.finish_reason is None:
+            session = self.vllm.session(request, g.prompt + g.answer.ids, g.answer.ids, g.totals)
+            steps = drive_async(self.strategy(g), session)
+            try:
+                async for step in steps:
+                    yield self._record(g, step)
+                    if g.answer.finish_reason:
+                        break
+            finally:
+                await steps.aclose()
+                await session.aclose()
+        yield self._end(g)
+
+    def _begin(self, request: GenerationRequest) -> "Generation":
         started = time.perf_counter()
         judgment = None if request.rain is None else self.judgment(request.rain)
         prompt = self.request_ids(request)
         self.check_fits(len(prompt), request.params.max_new_tokens)
-        totals = Totals(prompt_tokens=len(prompt))
-        answer = self.new_answer(request)
+        g = Generation(request, prompt, self.new_answer(request), Totals(prompt_tokens=len(prompt)), judgment, started)
         if request.resume is not None:
-            totals.commits = answer.replay(request.resume)
-        if answer.finish_reason is None:  # a resumed answer may have ended just before its worker died
-            yield from self._decode(request, prompt, answer, cancel, totals, started, judgment)
-        totals.completion_tokens = len(answer.ids)
-        totals.wall_s = time.perf_counter() - started
-        yield Finish(answer.finish_reason or "stop", totals, answer.text, judgment)
+            g.totals.commits = g.answer.replay(request.resume)
+        return g
 
-    def _decode(self, request: GenerationRequest, prompt: list[int], answer: Answer, cancel: Optional[threading.Event],
-                totals: Totals, started: float, judgment: Optional[Judgment]) -> Iterator[Event]:
-        """Decode on top of the prompt plus what the answer holds already, committing into `answer`."""
-        generator = make_generator(request.params.seed, self.device)
-        session = TransformersSession(self, request, prompt + answer.ids, generator, totals, answer.ids)
-        try:
-            totals.prefill_s = time.perf_counter() - started
-            steps = drive(self.strategy(request, answer, totals, judgment), session)
-            try:
-                for step in steps:
-                    if cancel is not None and cancel.is_set():
-                        answer.end("cancelled")
-                        break
-                    if isinstance(step, SearchTick):
-                        yield step
-                        continue
-                    if isinstance(step, Finish):  # the search ran out of its time budget
-                        tail = answer.end(step.finish_reason)
-                        yield Commit([], tail, finish_reason=answer.finish_reason)
-                        break
-                    commit = answer.commit(step.token_ids, step.stats, step.logprobs)
-                    totals.commits += 1
-                    yield commit
-                    if answer.finish_reason:
-                        break
-            finally:
-                steps.close()
-        finally:
-            session.close()
+    def _record(self, g: "Generation", step: Event) -> Event:
+        """What a strategy's step becomes for the client: a tick, or a commit into the answer (a time
+        budget's end commits the text still held back)."""
+        if isinstance(step, SearchTick):
+            return step
+        if isinstance(step, Finish):
+            tail = g.answer.end(step.finish_reason)
+            return Commit([], tail, finish_reason=g.answer.finish_reason)
+        g.totals.commits += 1
+        return g.answer.commit(step.token_ids, step.stats, step.logprobs)
 
-    def strategy(self, request: GenerationRequest, answer: Answer, totals: Totals,
-                 judgment: Optional[Judgment]) -> Strategy:
+    def _end(self, g: "Generation") -> Finish:
+        g.totals.completion_tokens = len(g.answer.ids)
+        g.totals.wall_s = time.perf_counter() - g.started
+        return Finish(g.answer.finish_reason or "stop", g.totals, g.answer.text, g.judgment)
+
+    def strategy(self, g: "Generation") -> Strategy:
         """The proposals of the request's strategy: vanilla tokens, RAIN's sets, or a baseline's answer."""
+        request = g.request
         if request.rain is None:
             return vanilla_tokens(request.params)
         if request.rain.strategy == "rain":
             from .search import RainSearch
 
-            return RainSearch(request, self.tokenizer, self.end_ids, answer, totals).steps()
+            return RainSearch(request, self.tokenizer, self.end_ids, g.answer, g.totals).steps()
         from .baselines import STRATEGIES
 
-        return STRATEGIES[request.rain.strategy](self, request, totals, judgment)
+        return STRATEGIES[request.rain.strategy](self, request, g.totals, g.judgment)
 
     def complete(self, request: GenerationRequest) -> Finish:
         """Run a generation to the end and return its Finish event."""

@@ -66,6 +66,23 @@ class Totals:
 
 
 @dataclass
+class EngineLoad:
+    """Engine steps and what they carried: `rows` sums the sequences each step computed, `tokens` the
+    tokens; rows / steps is the batch occupancy. The transformers backend runs one request per forward
+    (its candidate rows share that sequence), so there rows = steps; vLLM's steps batch requests."""
+
+    steps: int = 0
+    rows: int = 0
+    tokens: int = 0
+
+    def take(self) -> "EngineLoad":
+        """What was counted so far; the counts start again from zero."""
+        taken = EngineLoad(self.steps, self.rows, self.tokens)
+        self.steps = self.rows = self.tokens = 0
+        return taken
+
+
+@dataclass
 class Judgment:
     """How a judged request's answer was made and judged (RAIN or a baseline, rain_core/baselines.py)."""
 

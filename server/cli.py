@@ -54,9 +54,13 @@ def parse_args(argv: Optional[list[str]] = None) -> ServerConfig:
                    help="cpu, cuda (each worker pinned to its own --tp GPUs), cuda:0,1,... (only these GPUs)")
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--tp", type=_positive(int), default=d.tp, help="tensor-parallel ranks per worker")
+    p.add_argument("--backend", choices=["transformers", "vllm"], default=d.backend,
+                   help="what executes the model: transformers (the reference, exact, one forward at a time) or "
+                        "vLLM's engine (continuous batching and prefix caching across every request and search leaf)")
     p.add_argument("--workers", type=_positive(int), default=d.workers, help="worker processes, one model replica each")
     p.add_argument("--max-running-per-worker", type=_positive(int), default=d.max_running_per_worker,
-                   help="requests a worker interleaves; more wait in the queue")
+                   help="requests a worker runs at once; more wait in the queue (default: 4 on transformers, "
+                        "64 on vllm)")
     p.add_argument("--max-queue", type=_non_negative, default=d.max_queue,
                    help="requests that may wait for a worker; beyond that: 429")
     p.add_argument("--request-timeout", type=_positive(float), default=d.request_timeout,

@@ -5,10 +5,15 @@ import os
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from rain_core.config import DEFAULT_JUDGE_THRESHOLD, EngineConfig
+from rain_core.config import DEFAULT_JUDGE_THRESHOLD, Backend, EngineConfig
 from rain_core.models import DEFAULT_MODEL
 
 from .protocol import WorkerConfig
+
+
+# Requests a worker runs at once: the transformers backend steps them in turn, one forward each, so
+# more only share the same forwards more thinly; vLLM batches them, so more fill its batches.
+RUNNING_PER_WORKER = {"transformers": 4, "vllm": 64}
 
 
 @dataclass(frozen=True)
@@ -19,8 +24,9 @@ class ServerConfig:
     device: str = "cpu"  # cpu, cuda (all visible GPUs), cuda:0,1,... (these GPUs), or any torch device
     dtype: str = "float32"
     tp: int = 1
+    backend: Backend = "transformers"
     workers: int = 1
-    max_running_per_worker: int = 4
+    max_running_per_worker: Optional[int] = None  # None: the backend's own (RUNNING_PER_WORKER)
     max_queue: int = 64
     request_timeout: float = 600.0
     max_request_bytes: int = 2 * 1024 * 1024
@@ -32,6 +38,10 @@ class ServerConfig:
     judge_threshold: float = DEFAULT_JUDGE_THRESHOLD  # self_check's threshold when a request sets none
 
     @property
+    def running_per_worker(self) -> int:
+        return self.max_running_per_worker or RUNNING_PER_WORKER[self.backend]
+
+    @property
     def model_alias(self) -> str:
         """The name the user gave the model, accepted as `model` besides its reported id."""
         return self.model or DEFAULT_MODEL
@@ -41,7 +51,7 @@ class ServerConfig:
         devices = worker_devices(self.device, self.workers, self.tp, gpu_count)
         return [
             WorkerConfig(
-                engine=EngineConfig(model=self.model, device=device, dtype=self.dtype, tp=self.tp, threads=threads,
+                engine=EngineConfig(model=self.model, device=device, dtype=self.dtype, tp=self.tp, backend=self.backend, threads=threads,
                                     judge_model=self.judge_model, judge_threshold=self.judge_threshold),
                 visible_devices=visible,
                 shadow_vanilla_rate=self.shadow_vanilla_rate,

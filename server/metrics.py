@@ -28,8 +28,16 @@ class Metrics:
                               buckets=SECONDS, registry=r)
         self.queue_time = Histogram("rain_queue_time_seconds", "Arrival to dispatch to a worker", BY_MODE,
                                     buckets=SECONDS, registry=r)
-        self.overhead = Histogram("rain_overhead_ratio", "RAIN request latency / estimated vanilla latency", ["model"],
+        self.overhead = Histogram("rain_overhead_ratio",
+                                  "RAIN request cost / a vanilla answer's: compute seconds on the transformers backend, "
+                                  "engine tokens computed on the vllm backend (README, Overhead)", ["model"],
                                   buckets=RATIOS, registry=r)
+        self.engine_steps = Counter("rain_engine_steps", "Engine steps (forward passes)", ["model"], registry=r)
+        self.engine_rows = Counter("rain_engine_batch_rows", "Sequences computed, summed over engine steps: "
+                                   "rate(rain_engine_batch_rows_total) / rate(rain_engine_steps_total) is the batch "
+                                   "occupancy", ["model"], registry=r)
+        self.engine_tokens = Counter("rain_engine_batch_tokens", "Tokens computed, summed over engine steps",
+                                     ["model"], registry=r)
         self.requests = Counter("rain_requests", "Requests by finish reason (also cancelled, error)",
                                 [*BY_MODE, "finish_reason"], registry=r)
         self.errors = Counter("rain_errors", "Error responses by OpenAI error type", ["type"], registry=r)
@@ -63,6 +71,10 @@ class Metrics:
         self.prompt_tokens.labels(mode, self.model).inc(totals.prompt_tokens)
         self.completion_tokens.labels(mode, self.model).inc(totals.completion_tokens)
         self.commits.labels(mode, self.model).inc(totals.commits)
+        if done.engine_load is not None:
+            self.engine_steps.labels(self.model).inc(done.engine_load.steps)
+            self.engine_rows.labels(self.model).inc(done.engine_load.rows)
+            self.engine_tokens.labels(self.model).inc(done.engine_load.tokens)
         if mode == "rain":
             self.iterations.labels(self.model).inc(totals.iterations)
             self.self_evaluations.labels(self.model).inc(totals.self_evaluations)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from rain_core.config import EngineConfig, GenerationRequest
-from rain_core.events import CommitStats, FinishReason, Judgment, TokenLogprob, Totals
+from rain_core.events import CommitStats, EngineLoad, FinishReason, Judgment, TokenLogprob, Totals
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class Done:
     vanilla_estimate_s: Optional[float] = None  # vanilla decoding of the same prompt and output length
     overhead_ratio: Optional[float] = None  # compute_s / vanilla_estimate_s, RAIN only
     judgment: Optional[Judgment] = None  # strategy and judge of a searched or judged request
+    engine_load: Optional[EngineLoad] = None  # the worker's engine steps since its previous Done
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ first), so the worker ignores SIGINT/SIGTERM and exits on Shutdown or when the A
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
@@ -20,7 +21,7 @@ from typing import Iterator, Optional
 
 from rain_core.config import GenerationRequest, RainConfig, SamplingParams
 from rain_core.engine import Engine, RequestError
-from rain_core.events import Commit, Event, Finish
+from rain_core.events import Commit, EngineLoad, Event, Finish, Totals
 
 from .overhead import VanillaSpeed
 from .protocol import (Cancel, Cancelled, Delta, Done, Failed, FromWorker, Ready, Shutdown, Submit,
@@ -48,7 +49,9 @@ def main(index: int, config: WorkerConfig, conn: Connection) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{index} %(levelname)s %(message)s")
     if config.visible_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = config.visible_devices  # read when CUDA first initialises
-    Worker(Engine(config.engine), conn, config).serve()
+    engine = Engine(config.engine)
+    worker = BatchingWorker if config.engine.backend == "vllm" else Worker
+    worker(engine, conn, config).serve()
 
 
 class Worker:
@@ -135,6 +138,9 @@ class Worker:
             return self._fail(job, 500, f"generation failed: {type(exc).__name__}: {exc}", code="generation_failed")
         finally:
             job.compute_s += time.perf_counter() - started
+        self._deliver(job, event)
+
+    def _deliver(self, job: Job, event: Event) -> None:
         if isinstance(event, Commit) and job.id is not None:
             self.send(Delta(job.id, event.text, len(event.token_ids), event.stats, event.finish_reason is not None,
                             event.logprobs, token_ids=tuple(event.token_ids), finish_reason=event.finish_reason))
@@ -156,18 +162,28 @@ class Worker:
         self._drop(job)
         totals = finish.totals
         estimate = ratio = None
-        # a resumed request's compute here is its own part: the prompt plus the resumed prefix fed,
-        # the tokens after it decoded; that is what vanilla would have done in its place
-        resumed = len(job.request.resume.token_ids) if job.request.resume else 0
         if job.request.rain is None:
-            if not resumed and self.speed.observe(totals, job.compute_s):
+            if not job.request.resume and self.speed.observe(totals, job.compute_s):
                 self.send(self.speed.snapshot())
         else:
-            estimate = self.speed.estimate(totals.prompt_tokens + resumed, totals.completion_tokens - resumed)
-            ratio = job.compute_s / estimate if estimate else None
+            estimate, ratio = self._overhead(job, totals)
             self._maybe_shadow(job.request, totals.completion_tokens)
         if job.id is not None:
-            self.send(Done(job.id, finish.finish_reason, totals, job.compute_s, estimate, ratio, finish.judgment))
+            self.send(Done(job.id, finish.finish_reason, totals, job.compute_s, estimate, ratio, finish.judgment,
+                           self._engine_load(totals)))
+
+    def _overhead(self, job: Job, totals: Totals) -> tuple[Optional[float], Optional[float]]:
+        """(vanilla estimate, ratio): this request's compute seconds over what vanilla decoding would
+        take here. A resumed request's compute here is its own part: the prompt plus the resumed prefix
+        fed, the tokens after it decoded; that is what vanilla would have done in its place."""
+        resumed = len(job.request.resume.token_ids) if job.request.resume else 0
+        estimate = self.speed.estimate(totals.prompt_tokens + resumed, totals.completion_tokens - resumed)
+        return estimate, job.compute_s / estimate if estimate else None
+
+    def _engine_load(self, totals: Totals) -> EngineLoad:
+        """One request per forward here: this request's forwards are the steps since the last Done that
+        served clients (a cancelled request's are not counted)."""
+        return EngineLoad(totals.forward_calls, totals.forward_calls, totals.tokens_fed)
 
     def _maybe_shadow(self, request: GenerationRequest, completion_tokens: int) -> None:
         """Re-decode a sampled RAIN request with vanilla decoding, to keep the speed estimate fresh
@@ -175,3 +191,90 @@ class Worker:
         if self.shadow is None and completion_tokens > 0 and random.random() < self.config.shadow_vanilla_rate:
             vanilla = GenerationRequest(request.messages, SamplingParams(max_new_tokens=completion_tokens))
             self.shadow = Job(None, vanilla, self.engine.generate(vanilla))
+
+
+class BatchingWorker(Worker):
+    """A worker on the vLLM backend: every request is an asyncio task that hands its model operations
+    to the engine as they come, so vLLM batches them with every other request's. A cancel cancels the
+    task, which aborts what it still has in the engine. An engine that dies takes this process down,
+    and the pool restarts it, as a dead transformers worker."""
+
+    def serve(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.stopped = asyncio.Event()
+        await self._warm_up()
+        threading.Thread(target=self._receive_into, args=(loop,), name="inbox", daemon=True).start()
+        self.send(Ready(os.getpid(), self.engine.model_name, self.engine.context_length))
+        self.send(self.speed.snapshot())
+        await self.stopped.wait()
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.engine.vllm.shutdown()
+
+    async def _warm_up(self) -> None:
+        """Start the engine's batches and, optionally, what RAIN needs (the encoder) before Ready."""
+        _ = [event async for event in self.engine.generate_async(CALIBRATION)]
+        if self.config.warm_rain:
+            tiny = RainConfig().with_overrides(max_iters=1, min_iters=1)
+            request = replace(CALIBRATION, params=SamplingParams(max_new_tokens=1), rain=tiny)
+            _ = [event async for event in self.engine.generate_async(request)]
+
+    def _receive_into(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            while True:
+                message = self.conn.recv()
+                loop.call_soon_threadsafe(self._apply, message)
+        except (EOFError, OSError):
+            loop.call_soon_threadsafe(self._apply, Shutdown())
+
+    def _apply(self, message) -> None:
+        if isinstance(message, Shutdown):
+            self.stopped.set()
+        elif isinstance(message, Submit):
+            job = Job(message.id, message.request, events=iter(()))
+            self.tasks[message.id] = asyncio.get_running_loop().create_task(self._run(job))
+        elif isinstance(message, Cancel) and message.id in self.tasks:
+            self.tasks[message.id].cancel()
+
+    async def _run(self, job: Job) -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        started = time.perf_counter()
+        try:
+            async for event in self.engine.generate_async(job.request):
+                job.compute_s = time.perf_counter() - started
+                self._deliver(job, event)
+        except asyncio.CancelledError:
+            self.send(Cancelled(job.id))
+        except RequestError as exc:
+            self._fail(job, 400, str(exc), exc.param)
+        except EngineDeadError:
+            log.exception("the vLLM engine died; the pool restarts this worker")
+            os._exit(1)
+        except Exception as exc:  # the request fails, the worker and its other requests go on
+            log.exception("generation %s failed", job.id)
+            self._fail(job, 500, f"generation failed: {type(exc).__name__}: {exc}", code="generation_failed")
+        finally:
+            self.tasks.pop(job.id, None)
+
+    def _drop(self, job: Job) -> None:
+        self.tasks.pop(job.id, None)
+
+    def _overhead(self, job: Job, totals: Totals) -> tuple[Optional[float], Optional[float]]:
+        """Under batching a request has no compute seconds of its own: its ratio is the engine work it
+        caused (tokens the engine computed for it, prefix-cache hits excluded) over a vanilla answer of
+        the same length (its prompt and its answer, each token computed once); no seconds estimate."""
+        vanilla = totals.prompt_tokens + totals.completion_tokens
+        return None, totals.tokens_fed / vanilla if vanilla else None
+
+    def _maybe_shadow(self, request: GenerationRequest, completion_tokens: int) -> None:
+        """The ratio counts tokens, which need no fresh vanilla timings."""
+
+    def _engine_load(self, totals: Totals) -> EngineLoad:
+        """Every engine step since the previous Done, whichever requests it carried."""
+        return self.engine.vllm.load.take()

@@ -110,5 +110,11 @@ def test_metrics_cover_every_family(rain_server):
     assert grew("rain_self_evaluations_total", model=MODEL) == rain.model_extra["rain"]["self_evaluations"] > 0
     assert grew("rain_overhead_ratio_count", model=MODEL) == 1
     assert grew("rain_overhead_ratio_sum", model=MODEL) == pytest.approx(rain.model_extra["rain"]["overhead_ratio"])
+    # one request per forward on the transformers backend: the steps carried as many rows, and every
+    # token these requests fed (3 vanilla streams and the RAIN answer, plus earlier ones' not yet counted)
+    steps = grew("rain_engine_steps_total", model=MODEL)
+    assert steps >= rain.model_extra["rain"]["forward_calls"] > 0
+    assert grew("rain_engine_batch_rows_total", model=MODEL) == steps
+    assert grew("rain_engine_batch_tokens_total", model=MODEL) >= rain.model_extra["rain"]["tokens_fed"] + 3 * 16
     assert grew("rain_errors_total", type="invalid_request_error") == 1
     assert metric(after, "rain_workers_alive") == 1
