@@ -244,7 +244,17 @@ def free_port() -> int:
 
 
 class ServerFailed(RuntimeError):
-    """A server that exited or never answered its health check; the message ends with its log's tail."""
+    """A server that exited or never answered its health check: why, and the last lines of its log."""
+
+    def __init__(self, why: str, log_path: Optional[Path] = None, tail: tuple[str, ...] = ()):
+        self.why, self.log_path, self.tail = why, log_path, tail
+        where = f" (log {log_path})" if log_path else ""
+        super().__init__(f"{why}{where}" + (": " + " | ".join(tail) if tail else ""))
+
+    @property
+    def short(self) -> str:
+        """Why, and the log's last line (where a failed argparse or a traceback says what went wrong)."""
+        return f"{self.why}: {self.tail[-1]}" if self.tail else self.why
 
 
 def launch(argv: list[str], base_url: str, log_path: Path, timeout_s: float = START_TIMEOUT_S,
@@ -268,8 +278,8 @@ def launch(argv: list[str], base_url: str, log_path: Path, timeout_s: float = ST
         raise
     why = f"exited with status {process.returncode}" if process.poll() is not None else f"not healthy after {timeout_s:.0f} s"
     stop_server(process)
-    tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-    raise ServerFailed(f"{why} (log {log_path}): " + " | ".join(tail))
+    tail = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-5:]
+    raise ServerFailed(why, log_path, tuple(tail))
 
 
 def start_server(workers: int, log_path: Path) -> tuple[subprocess.Popen, str]:
