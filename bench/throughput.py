@@ -344,6 +344,7 @@ def table(result: dict) -> str:
                      f"{_f(lv['ttft_p50_s'])} | {_f(lv['latency_p50_s'])} | {_f(lv['latency_p95_s'])} |")
     for u in result["unavailable"]:
         lines.append(f"| {u['server']} | {u.get('mode') or 'all'} | unavailable: {u['reason']} | | | | | | | |")
+    lines += [f"\n{name}: {info['note']}" for name, info in result.get("servers", {}).items() if info.get("note")]
     failures = Counter()
     for lv in result["levels"]:
         failures.update(lv["failures"])
