@@ -243,32 +243,71 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class ServerFailed(RuntimeError):
+    """A server that exited or never answered its health check: why, and the last lines of its log."""
+
+    def __init__(self, why: str, log_path: Optional[Path] = None, tail: tuple[str, ...] = ()):
+        self.why, self.log_path, self.tail = why, log_path, tail
+        where = f" (log {log_path})" if log_path else ""
+        super().__init__(f"{why}{where}" + (": " + " | ".join(tail) if tail else ""))
+
+    @property
+    def short(self) -> str:
+        """Why, and the log's last line (where a failed argparse or a traceback says what went wrong)."""
+        return f"{self.why}: {self.tail[-1]}" if self.tail else self.why
+
+
+def launch(argv: list[str], base_url: str, log_path: Path, timeout_s: float = START_TIMEOUT_S,
+           env: Optional[dict] = None) -> subprocess.Popen:
+    """Start `argv` in its own process group (so that stop_server reaches its children too) with its
+    output in `log_path`, and wait until `base_url`/health answers 200. On failure it is stopped and
+    ServerFailed says why."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(base_url + "/health", timeout=5).status_code == 200:
+                    return process
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+    except BaseException:
+        stop_server(process)
+        raise
+    why = f"exited with status {process.returncode}" if process.poll() is not None else f"not healthy after {timeout_s:.0f} s"
+    stop_server(process)
+    tail = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-5:]
+    raise ServerFailed(why, log_path, tuple(tail))
+
+
 def start_server(workers: int, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     flags = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--threads", "1",
              "--max-running-per-worker", "2", "--max-queue", "16", "--request-timeout", "120"]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "server.cli", *flags], stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(base_url + "/health", timeout=5).status_code == 200:
-                return process, base_url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"rain-serve did not become healthy; see {log_path}")
+    try:
+        return launch([sys.executable, "-m", "server.cli", *flags], base_url, log_path), base_url
+    except ServerFailed as exc:
+        raise SystemExit(f"rain-serve did not become healthy: {exc}")
 
 
 def stop_server(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
+    """SIGTERM the process group (rain-serve drains; its workers ignore the signal themselves), then SIGKILL."""
+    def signal_group(sig):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    signal_group(signal.SIGTERM)
     try:
         process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    signal_group(signal.SIGKILL)  # what is left of its group: children that outlived it
 
 
 # the report --------------------------------------------------------------------------------------
