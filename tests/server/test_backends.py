@@ -1,0 +1,115 @@
+"""Both backends behind the real server: `--backend vllm` answers, streams, searches (parallel leaves
+too), batches concurrent requests, frees a cancelled search and survives the death of its engine; on
+both, concurrency is invisible to the answers of seeded requests."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from serve_helpers import MODEL, TINY_RAIN, VANILLA, chat_body, metric, scrape
+
+pytestmark = pytest.mark.slow
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+PROMPTS = ["Name three colours.", "Tell me about owls.", "How do I bake bread?", "Say hello.",
+           "What is rain?", "Count to five.", "Who wrote Hamlet?", "Describe a cat."]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(launch_server):
+    with launch_server("--backend", "vllm", "--threads", "2", env=VLLM_ENV) as server:
+        yield server
+
+
+def answers(server, bodies: list[dict], concurrent: bool) -> list[str]:
+    def ask(body):
+        response = httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=600)
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["message"]["content"]
+
+    if not concurrent:
+        return [ask(body) for body in bodies]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(ask, bodies))
+
+
+def seeded(prompt: str, **fields) -> dict:
+    return chat_body(prompt, max_tokens=8, seed=5, temperature=0.8, **fields)
+
+
+@pytest.mark.parametrize("backend", ["transformers", "vllm"])
+def test_concurrency_is_invisible_to_seeded_answers(backend, rain_server, vllm_server):
+    server = vllm_server if backend == "vllm" else rain_server
+    bodies = [seeded(p, **VANILLA) for p in PROMPTS]
+    one_at_a_time = answers(server, bodies, concurrent=False)
+    assert all(one_at_a_time)
+    assert answers(server, bodies, concurrent=True) == one_at_a_time
+
+
+def test_vllm_serves_vanilla_and_rain_with_parallel_leaves(vllm_server):
+    client = vllm_server.client()
+    vanilla = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi!"}],
+                                             max_tokens=6, extra_body=VANILLA)
+    assert vanilla.choices[0].message.content and vanilla.usage.completion_tokens <= 6
+    for leaves in (1, 4):
+        rain = client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": "How do I stay safe online?"}], max_tokens=6,
+            seed=2, extra_body={"rain": {"max_iters": 4, "min_iters": 4, "parallel_leaves": leaves}})
+        summary = rain.model_extra["rain"]
+        assert rain.choices[0].message.content and summary["iterations"] == 4 * summary["commits"]
+        assert summary["self_evaluations"] > 0
+        # the engine work this request caused over a vanilla answer's tokens (README, Overhead)
+        vanilla_tokens = summary["prompt_tokens"] + summary["completion_tokens"]
+        assert summary["overhead_ratio"] == pytest.approx(summary["tokens_fed"] / vanilla_tokens)
+        assert summary["vanilla_estimate_s"] is None
+
+
+def test_vllm_streams_committed_sets(vllm_server):
+    chunks = list(vllm_server.client().chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Tell me a fact."}], max_tokens=6, stream=True,
+        extra_body=TINY_RAIN))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    sets = [c.model_extra["rain"] for c in chunks if c.choices and c.choices[0].delta.content]
+    assert text and sets and all(s.get("iterations") == 2 for s in sets if "iterations" in s)
+
+
+def test_vllm_batches_concurrent_requests(vllm_server):
+    before = scrape(vllm_server.base_url)
+    answers(vllm_server, [chat_body(p, max_tokens=16, **VANILLA) for p in PROMPTS], concurrent=True)
+    after = scrape(vllm_server.base_url)
+
+    def grew(name):
+        return metric(after, name, model=MODEL) - metric(before, name, model=MODEL)
+
+    steps, rows = grew("rain_engine_steps_total"), grew("rain_engine_batch_rows_total")
+    assert steps > 0 and rows / steps > 1.5  # eight requests shared the engine's steps
+    assert grew("rain_engine_batch_tokens_total") >= 8 * 16
+
+
+def test_a_cancelled_search_frees_the_engine(vllm_server):
+    body = chat_body("Write a long story.", max_tokens=64, stream=True,
+                     rain={"max_iters": 10000, "min_iters": 10000})
+    with httpx.stream("POST", vllm_server.base_url + "/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        vllm_server.wait_for(lambda h: h["running"] == 1, what="the search running")
+    vllm_server.wait_for(lambda h: h["running"] == 0, timeout_s=60, what="the cancelled search to end")
+    answer = vllm_server.client().chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}],
+                                                          max_tokens=4, extra_body=VANILLA)
+    assert answer.choices[0].message.content
+
+
+def test_a_dead_engine_takes_its_worker_down_and_the_pool_restarts_it(vllm_server):
+    pid = vllm_server.health()[1]["workers"][0]["pid"]
+    engine_cores = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    assert engine_cores, "the worker has no engine process"
+    for core in engine_cores:
+        os.kill(int(core), signal.SIGKILL)
+    vllm_server.wait_for(lambda h: h["workers"][0]["pid"] != pid and h["status"] == "ok", timeout_s=600,
+                         what="a restarted worker")
+    answer = vllm_server.client().chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}],
+                                                          max_tokens=4, extra_body=VANILLA)
+    assert answer.choices[0].message.content
