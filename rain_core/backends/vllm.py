@@ -20,7 +20,7 @@ get top_k = vocab and temperature 1 in the sampler, so their "processed" log-pro
 log-softmax (vllm/v1/sample/sampler.py `sample`, gpu_input_batch.py), and prompt log-probs skip the
 sampling processors (gpu_model_runner.py). A greedy Grow row has no processed log-probs in vLLM
 (greedy skips the processors), so its log-prob is computed here from the raw top-N of each step:
-exact when the row has a top_k (N = top_k) or when temperature is 1 and top_p is 1; otherwise the
+exact when the row has a top_k up to `max_logprobs` (N = top_k) or when temperature is 1 and top_p is 1; otherwise the
 normaliser is taken over the top `max_logprobs` tokens only (a slight over-estimate).
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import AsyncIterator, Optional
 
 from ..branches import Branch, RowSpec, ends_with_any
 from ..config import EngineConfig, EvaluatorConfig, GenerationRequest
-from ..events import TokenLogprob, TopLogprob, Totals
+from ..events import Commit, TokenLogprob, TopLogprob, Totals
 from ..models import ModelSource, _converted, load_tokenizer, resolve, weights_dir
 from ..ops import (OPERATIONS, Append, Decode, Decoded, Embed, Grow, Judge, Op, Ranked, Result, Strategy,
                    TopTokens)
@@ -132,6 +132,10 @@ class VllmBackend:
         self.llm.shutdown()
 
 
+class SessionClosed(RuntimeError):
+    """An operation of a session that was closed while its requests were in the engine."""
+
+
 class VllmSession:
     """One request's state on the vLLM backend. `totals.forward_calls` and `totals.tokens_fed` count the
     engine work this request caused: one forward call per engine request it issued, and the prompt tokens
@@ -151,12 +155,13 @@ class VllmSession:
         self._live: set[str] = set()
         self._verdicts: OrderedDict[str, SelfEvalResult] = OrderedDict()
         self._conversation: Optional[list[int]] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None  # where this session's requests run
         self.closed = False
 
     # the session -------------------------------------------------------------------------------
     async def run(self, op: Op) -> Result:
         if self.closed:
-            raise RuntimeError("the session is closed")
+            raise SessionClosed("the session is closed")
         if isinstance(op, TopTokens):
             return await self._top_tokens(op)
         if isinstance(op, Grow):
@@ -179,11 +184,17 @@ class VllmSession:
         if not live:
             return None
         try:
-            loop = asyncio.get_running_loop()
+            running = asyncio.get_running_loop()
         except RuntimeError:
-            asyncio.run(self.llm.abort(live))
-            return None
-        return loop.create_task(self.llm.abort(live))
+            running = None
+        if running is self._loop:
+            return running.create_task(self.llm.abort(live))
+        # from another thread: the engine's client lives on the loop that issued the requests
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.llm.abort(live), self._loop)
+        elif not self._loop.is_closed():
+            self._loop.run_until_complete(self.llm.abort(live))
+        return None
 
     async def aclose(self) -> None:
         task = self.close()
@@ -198,6 +209,7 @@ class VllmSession:
     async def _generate(self, prompt: list[int], params: SamplingParams):
         """One engine request to its end; its final RequestOutput."""
         rid = f"rain-{self._uid}-{next(self._ids)}"
+        self._loop = asyncio.get_running_loop()
         params.output_kind = RequestOutputKind.FINAL_ONLY
         self._live.add(rid)
         final = None
@@ -207,6 +219,8 @@ class VllmSession:
         finally:
             self._live.discard(rid)
         self.totals.forward_calls += 1
+        if self.closed:  # aborted by close(): what came back is cut short
+            raise SessionClosed(rid)
         cached = final.num_cached_tokens or 0
         self.totals.tokens_fed += len(prompt) - cached + sum(len(c.token_ids) for c in final.outputs)
         return final
@@ -238,7 +252,7 @@ class VllmSession:
             )
             if spec.greedy:
                 params.temperature = 0.0
-                params.logprobs = spec.top_k or self.backend.max_logprobs
+                params.logprobs = min(spec.top_k or self.backend.max_logprobs, self.backend.max_logprobs)
             else:
                 params.temperature, params.top_k, params.top_p, params.logprobs = spec.temperature, spec.top_k, spec.top_p, 0
             out = (await self._generate(prompt + branch.tokens, params)).outputs[0]
@@ -314,6 +328,49 @@ class VllmSession:
         self.state.append(token)
         self.committed.append(token)
         return Decoded(token, logprobs)
+
+    async def vanilla(self) -> AsyncIterator[Commit]:
+        """Plain decoding of the request as one streaming vLLM generation from the state: a Commit proposal
+        per token (the end token included: Answer.commit cuts there, and its stop sequences end the
+        answer; closing this generator aborts the generation). When the request asks for log-probs at a
+        temperature that reshapes the distribution, vLLM would report the processed ones, so it falls back
+        to Decode ops, whose log-probs are raw as the reference backend's."""
+        p = self.request.params
+        greedy = not p.temperature
+        top_p = p.top_p or 1.0
+        if p.logprobs is not None and not (greedy or (p.temperature == 1.0 and top_p >= 1.0)):
+            op = Decode(p.temperature, top_p, p.logprobs)
+            while True:
+                decoded = await self.run(op)
+                yield Commit([decoded.token], "", logprobs=decoded.logprobs)
+        left = p.max_new_tokens - len(self.committed)
+        if left <= 0:
+            return
+        params = SamplingParams(max_tokens=left, stop_token_ids=sorted(self.end_ids), detokenize=False,
+                                seed=self._op_seed(), temperature=0.0 if greedy else p.temperature,
+                                top_p=1.0 if greedy else top_p, logprobs=p.logprobs,
+                                output_kind=RequestOutputKind.DELTA)
+        prompt = list(self.state)
+        rid = f"rain-{self._uid}-{next(self._ids)}"
+        self._loop = asyncio.get_running_loop()
+        self._live.add(rid)
+        self.totals.forward_calls += 1
+        cached, generated = None, 0
+        try:
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, rid):
+                if cached is None:
+                    cached = out.num_cached_tokens or 0
+                    self.totals.tokens_fed += len(prompt) - cached
+                c = out.outputs[0]
+                for i, token in enumerate(c.token_ids):
+                    generated += 1
+                    self.totals.tokens_fed += 1
+                    self.state.append(token)
+                    self.committed.append(token)
+                    logprobs = None if p.logprobs is None else [_token_logprob(c.logprobs[i], token, p.logprobs)]
+                    yield Commit([token], "", logprobs=logprobs)
+        finally:
+            self._live.discard(rid)
 
     async def _raw_step(self, prompt: list[int], token: int, k: int) -> dict:
         """The raw log-probs at `prompt`: its top k and `token`'s (greedy requests read raw log-probs)."""
