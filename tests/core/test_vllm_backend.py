@@ -175,3 +175,66 @@ def test_rain_search_end_to_end(smollm2, backend, loop, parallel_leaves):
     print(f"RAIN K={parallel_leaves}: {answer.text!r} {totals}")
     assert answer.ids and answer.text
     assert totals.iterations >= 2 and totals.self_evaluations >= 1 and totals.forward_calls > 0
+
+
+def test_close_aborts_requests_in_flight(smollm2, backend, loop):
+    from rain_core.backends.vllm import SessionClosed
+
+    request = _request(RainConfig())
+    ses = backend.session(request, smollm2.request_ids(request), [], Totals())
+
+    async def run():
+        task = asyncio.ensure_future(ses.run(Grow((), (RowSpec(400, temperature=1.0),) * 4)))
+        while len(ses._live) < 4:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        await ses.aclose()
+        with pytest.raises(SessionClosed):
+            await asyncio.wait_for(task, 60)
+        for _ in range(100):
+            if backend.llm.get_num_unfinished_requests() == 0:
+                break
+            await asyncio.sleep(0.1)
+        return backend.llm.get_num_unfinished_requests()
+
+    assert loop.run_until_complete(run()) == 0
+
+
+@pytest.mark.parametrize("temperature", [None, 0.7], ids=["greedy", "sampled"])
+def test_vanilla_streams_one_generation(smollm2, backend, loop, temperature):
+    request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=12, seed=3, logprobs=3, temperature=temperature))
+    answer = smollm2.new_answer(request)
+    ses = backend.session(request, smollm2.request_ids(request), [], Totals())
+
+    async def run():
+        steps = ses.vanilla()
+        try:
+            async for commit in steps:
+                answer.commit(commit.token_ids, None, commit.logprobs)
+                if commit.logprobs:
+                    logprobs.extend(commit.logprobs)
+                if answer.finish_reason:
+                    break
+        finally:
+            await steps.aclose()
+            await ses.aclose()
+
+    logprobs = []
+    loop.run_until_complete(run())
+    want = [e for e in smollm2.generate(request) if isinstance(e, Commit)]
+    want_logprobs = [lp for c in want for lp in (c.logprobs or [])]
+    want_ids = [t for c in want for t in c.token_ids]
+    if temperature is None:
+        assert answer.ids == want_ids
+    # the log-probs are raw (the model's distribution), whatever the temperature
+    ref = TransformersSession(smollm2, request, smollm2.request_ids(request), make_generator(0, smollm2.device), Totals(), [])
+    try:
+        got = [lp.logprob for lp in logprobs[: len(answer.ids)]]
+        exact = [lp.logprob for lp in ref.run(Append(tuple(answer.ids), 3))]
+    finally:
+        ref.close()
+    diff = max(abs(a - b) for a, b in zip(got, exact))
+    print(f"vanilla {temperature}: {answer.text!r}, max |dlogprob| {diff:.2e}")
+    assert diff < TOL and len(got) == len(answer.ids)
+    if temperature is None:
+        assert max(abs(a.logprob - b.logprob) for a, b in zip(logprobs, want_logprobs)) < TOL
