@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import os
 import random
 import uuid
 from collections import OrderedDict

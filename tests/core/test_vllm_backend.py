@@ -6,6 +6,7 @@ vLLM must be importable: CI installs it, so a missing vLLM fails these tests ins
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 
 import pytest
@@ -59,8 +60,6 @@ def test_top_tokens_match_transformers(smollm2, backend, loop):
             want = ref.run(TopTokens(path, 10))
             got = loop.run_until_complete(ses.run(TopTokens(path, 10)))
             assert got.ids == want.ids
-            import math
-
             diff = max(abs(math.log(a) - math.log(b)) for a, b in zip(got.probs, want.probs))
             print(f"TopTokens path={path}: max |dlogprob| = {diff:.2e}")
             assert diff < TOL
