@@ -1,0 +1,432 @@
+"""The vLLM backend: the operations of rain_core/ops.py as requests to one `AsyncLLM`, asynchronous, so
+that the operations of many requests and of a wave's K leaves are in the engine together and its
+scheduler batches them (continuous batching); every operation's prompt is the request's state plus a
+path, so what states share is served from the automatic prefix cache.
+
+How each operation maps (vLLM 0.32):
+- TopTokens: one request at state + path, max_tokens=1, temperature 0, logprobs=k.
+- Grow: one request per row (seeded per op and row), max_tokens=spec.max_len, stop_token_ids = the end
+  ids, stop = the row's stop chars; a row's `logprob` is the sum of its tokens' processed log-probs.
+- Judge: one request per option order at fixed + conversation + answer + suffix, max_tokens=1,
+  temperature 0, `logprob_token_ids=[good, bad]` (exact log-probs of both, never renormalised).
+- Embed: the local sentence embedder, in a thread.
+- Append: extends the state; with top_logprobs, one request with prompt_logprobs on state + tokens.
+- Decode: one request at the state, max_tokens=1.
+
+Log-probs: the engine runs with `logprobs_mode="processed_logprobs"` (engine-wide), so a sampled row's
+log-probs are under the distribution it was drawn from (after temperature, top-k, top-p), as
+Branch.logprob means. Every other number this backend reads is raw: greedy requests (temperature 0)
+get top_k = vocab and temperature 1 in the sampler, so their "processed" log-probs are the raw
+log-softmax (vllm/v1/sample/sampler.py `sample`, gpu_input_batch.py), and prompt log-probs skip the
+sampling processors (gpu_model_runner.py). A greedy Grow row has no processed log-probs in vLLM
+(greedy skips the processors), so its log-prob is computed here from the raw top-N of each step:
+exact when the row has a top_k up to `max_logprobs` (N = top_k) or when temperature is 1 and top_p is 1; otherwise the
+normaliser is taken over the top `max_logprobs` tokens only (a slight over-estimate).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+import uuid
+from collections import OrderedDict
+from typing import AsyncIterator, Optional
+
+from ..branches import Branch, RowSpec, ends_with_any
+from ..config import EngineConfig, EvaluatorConfig, GenerationRequest
+from ..events import Commit, TokenLogprob, TopLogprob, Totals
+from ..models import ModelSource, _converted, load_tokenizer, resolve, weights_dir
+from ..ops import (OPERATIONS, Append, Decode, Decoded, Embed, Grow, Judge, Op, Ranked, Result, Strategy,
+                   TopTokens)
+from ..selfeval import VERDICT_CACHE_SIZE, EvalLayout, SelfEvalResult, answer_ids, build_layout, combine, render_conversation
+from ..template import text_ids
+
+# Imported eagerly: CI installs vLLM, and a missing vLLM must fail loudly, not fall back.
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.inputs import TokensPrompt
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+
+TURN_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")  # as engine.py
+MAX_LOGPROBS = 64  # the most log-probs a request may ask for: TopTokens asks up to num_candidates + widen_max_children
+SEED_SPACE = 2**31
+
+
+def _tokenizer_dir(source: ModelSource) -> str:
+    """The directory vLLM reads the tokenizer from: a GGUF's converted tokenizer (saved by load_tokenizer)."""
+    if not source.gguf_file:
+        return source.path
+    from transformers import AutoTokenizer
+
+    saved = _converted(source, "tokenizers", lambda: AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file))
+    if saved is None:
+        raise RuntimeError(f"the vLLM backend needs the converted tokenizer of {source.gguf_file} in the cache directory")
+    return str(saved)
+
+
+def end_token_ids(tokenizer) -> frozenset[int]:
+    ids = {tokenizer.eos_token_id}
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in TURN_TOKENS if t in vocab)
+    return frozenset(i for i in ids if i is not None)
+
+
+class VllmBackend:
+    """One vLLM engine (AsyncLLM) serving every request's operations."""
+
+    def __init__(self, config: EngineConfig = EngineConfig(), *, source: Optional[ModelSource] = None,
+                 enforce_eager: bool = False, max_logprobs: int = MAX_LOGPROBS, **engine_kwargs):
+        self.config = config
+        self.source = source or resolve(config.model)
+        self.model_name = self.source.name
+        self.tokenizer = load_tokenizer(self.source)
+        weights = weights_dir(self.source)
+        if weights is None:
+            raise RuntimeError(f"the vLLM backend needs the de-quantised weights of {self.source.gguf_file} in the cache directory")
+        self.max_logprobs = max_logprobs
+        args = AsyncEngineArgs(
+            model=weights,
+            tokenizer=_tokenizer_dir(self.source),
+            served_model_name=self.model_name,
+            dtype=config.dtype,
+            tensor_parallel_size=config.tp,
+            enable_prefix_caching=True,
+            logprobs_mode="processed_logprobs",
+            max_logprobs=max_logprobs,
+            generation_config="vllm",  # no sampling defaults or extra stop ids from the model's generation_config.json
+            enforce_eager=enforce_eager,
+            disable_log_stats=True,
+            **engine_kwargs,
+        )
+        self.llm = AsyncLLM.from_engine_args(args)
+        self.context_length = self.llm.model_config.max_model_len
+        self.end_ids = end_token_ids(self.tokenizer)
+        self._layouts: dict[EvaluatorConfig, EvalLayout] = {}
+        self._embedder = None
+
+    def layout(self, cfg: EvaluatorConfig) -> EvalLayout:
+        if cfg not in self._layouts:
+            self._layouts[cfg] = build_layout(self.tokenizer, cfg)
+        return self._layouts[cfg]
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            import torch
+
+            from ..embedder import SentenceEmbedder
+
+            self._embedder = SentenceEmbedder(self.config.encoder, torch.device("cpu"))
+        return self._embedder
+
+    def session(self, request: GenerationRequest, state_ids: list[int], committed: list[int],
+                totals: Totals) -> "VllmSession":
+        """`state_ids`: what is fed before the first operation (prompt plus a resumed answer's ids);
+        `committed`: the answer's ids so far (whether its text ends a clause)."""
+        return VllmSession(self, request, state_ids, committed, totals)
+
+    async def shutdown(self) -> None:
+        self.llm.shutdown()
+
+
+class SessionClosed(RuntimeError):
+    """An operation of a session that was closed while its requests were in the engine."""
+
+
+class VllmSession:
+    """One request's state on the vLLM backend. `totals.forward_calls` and `totals.tokens_fed` count the
+    engine work this request caused: one forward call per engine request it issued, and the prompt tokens
+    the engine computed (not served from the prefix cache) plus the tokens it generated."""
+
+    def __init__(self, backend: VllmBackend, request: GenerationRequest, state_ids: list[int],
+                 committed: list[int], totals: Totals):
+        self.backend, self.llm, self.request, self.totals = backend, backend.llm, request, totals
+        self.tokenizer, self.end_ids = backend.tokenizer, backend.end_ids
+        self.state = list(state_ids)
+        self.committed = list(committed)
+        seed = request.params.seed
+        self.seed = seed if seed is not None else random.getrandbits(31)
+        self._ops = itertools.count()
+        self._ids = itertools.count()
+        self._uid = uuid.uuid4().hex[:12]
+        self._live: set[str] = set()
+        self._verdicts: OrderedDict[str, SelfEvalResult] = OrderedDict()
+        self._conversation: Optional[list[int]] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None  # where this session's requests run
+        self.closed = False
+
+    # the session -------------------------------------------------------------------------------
+    async def run(self, op: Op) -> Result:
+        if self.closed:
+            raise SessionClosed("the session is closed")
+        if isinstance(op, TopTokens):
+            return await self._top_tokens(op)
+        if isinstance(op, Grow):
+            return await self._grow(op)
+        if isinstance(op, Judge):
+            return await self._judge(op)
+        if isinstance(op, Embed):
+            return await asyncio.to_thread(self.backend.embedder.embed, list(op.texts))
+        if isinstance(op, Append):
+            return await self._append(op)
+        if isinstance(op, Decode):
+            return await self._decode(op)
+        raise TypeError(f"not a model operation: {op!r}")
+
+    def close(self) -> Optional[asyncio.Task]:
+        """Abort every request of this session still in the engine. Inside the event loop the abort is
+        scheduled (the returned task may be awaited); use `aclose` to wait for it."""
+        self.closed = True
+        live, self._live = list(self._live), set()
+        if not live:
+            return None
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            return running.create_task(self.llm.abort(live))
+        # from another thread: the engine's client lives on the loop that issued the requests
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.llm.abort(live), self._loop)
+        elif not self._loop.is_closed():
+            self._loop.run_until_complete(self.llm.abort(live))
+        return None
+
+    async def aclose(self) -> None:
+        task = self.close()
+        if task is not None:
+            await task
+
+    # engine requests ---------------------------------------------------------------------------
+    def _op_seed(self, row: int = 0) -> int:
+        """A seed per operation and row: a seeded request repeats its samples on this backend."""
+        return (self.seed * 1_000_003 + next(self._ops) * 1009 + row) % SEED_SPACE
+
+    async def _generate(self, prompt: list[int], params: SamplingParams):
+        """One engine request to its end; its final RequestOutput."""
+        rid = f"rain-{self._uid}-{next(self._ids)}"
+        self._loop = asyncio.get_running_loop()
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        self._live.add(rid)
+        final = None
+        try:
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, rid):
+                final = out
+        finally:
+            self._live.discard(rid)
+        self.totals.forward_calls += 1
+        if self.closed:  # aborted by close(): what came back is cut short
+            raise SessionClosed(rid)
+        cached = final.num_cached_tokens or 0
+        self.totals.tokens_fed += len(prompt) - cached + sum(len(c.token_ids) for c in final.outputs)
+        return final
+
+    # operations --------------------------------------------------------------------------------
+    async def _top_tokens(self, op: TopTokens) -> Ranked:
+        out = await self._generate(self.state + list(op.path),
+                                   SamplingParams(max_tokens=1, temperature=0.0, logprobs=op.k, detokenize=False))
+        ranked = sorted(out.outputs[0].logprobs[0].items(), key=lambda kv: kv[1].rank)[: op.k]
+        return Ranked([t for t, _ in ranked], [math.exp(lp.logprob) for _, lp in ranked])
+
+    async def _grow(self, op: Grow) -> list[Branch]:
+        before = self.committed + list(op.path)
+        prompt = self.state + list(op.path)
+        seeds = [self._op_seed(i) for i in range(len(op.rows))]
+        return list(await asyncio.gather(*(self._row(prompt, before, spec, seed) for spec, seed in zip(op.rows, seeds))))
+
+    async def _row(self, prompt: list[int], before: list[int], spec: RowSpec, seed: int) -> Branch:
+        branch = Branch()
+        while len(branch.tokens) < spec.max_len:
+            params = SamplingParams(
+                max_tokens=spec.max_len - len(branch.tokens),
+                stop_token_ids=sorted(self.end_ids),
+                stop=list(spec.stop_chars) or None,
+                include_stop_str_in_output=True,
+                detokenize=bool(spec.stop_chars),
+                skip_special_tokens=True,
+                seed=seed,
+            )
+            if spec.greedy:
+                params.temperature = 0.0
+                params.logprobs = min(spec.top_k or self.backend.max_logprobs, self.backend.max_logprobs)
+            else:
+                params.temperature, params.top_k, params.top_p, params.logprobs = spec.temperature, spec.top_k, spec.top_p, 0
+            out = (await self._generate(prompt + branch.tokens, params)).outputs[0]
+            tokens = list(out.token_ids)
+            branch.tokens.extend(tokens)
+            if spec.greedy:
+                branch.logprob += sum(_filtered_logprob(step, t, spec) for step, t in zip(out.logprobs, tokens))
+            else:
+                branch.logprob += out.cumulative_logprob or 0.0
+            branch.ended = bool(branch.tokens) and branch.tokens[-1] in self.end_ids
+            # vLLM stops where a stop char appears anywhere in a token's text; the reference stops only
+            # where the text ends with one: a row stopped inside a token goes on from there
+            stopped_inside = (isinstance(out.stop_reason, str) and not branch.ended
+                              and not ends_with_any(self.tokenizer, before + branch.tokens, spec.stop_chars))
+            if not stopped_inside or not tokens:
+                break
+            seed = (seed * 31 + 7) % SEED_SPACE
+        return branch
+
+    async def _judge(self, op: Judge) -> SelfEvalResult:
+        if op.answer in self._verdicts:
+            self._verdicts.move_to_end(op.answer)
+            return self._verdicts[op.answer]
+        rain = self.request.rain
+        if rain.judge != "self":
+            from ..engine import RequestError
+
+            raise RequestError("rain.judge 'served' is not available on the vLLM backend", "rain.judge")
+        layout = self.backend.layout(rain.evaluator)
+        if self._conversation is None:
+            self._conversation = text_ids(self.tokenizer, render_conversation(self.request.messages, layout.truthful))
+        head = layout.fixed + self._conversation + answer_ids(self.tokenizer, op.answer)
+        log_odds = list(await asyncio.gather(*(self._log_odds(head + suffix, good, bad)
+                                               for suffix, (good, bad) in zip(layout.suffixes, layout.options))))
+        result = SelfEvalResult(combine(log_odds, rain.evaluator.score), log_odds)
+        self._verdicts[op.answer] = result
+        if len(self._verdicts) > VERDICT_CACHE_SIZE:
+            self._verdicts.popitem(last=False)
+        self.totals.self_evaluations += 1
+        return result
+
+    async def _log_odds(self, prompt: list[int], good: int, bad: int) -> float:
+        out = await self._generate(prompt, SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[good, bad],
+                                                          detokenize=False))
+        step = out.outputs[0].logprobs[0]
+        return step[good].logprob - step[bad].logprob
+
+    async def _append(self, op: Append) -> Optional[list[TokenLogprob]]:
+        tokens = list(op.tokens)
+        start = len(self.state)
+        self.state.extend(tokens)
+        self.committed.extend(tokens)
+        if op.top_logprobs is None or not tokens:
+            return None if op.top_logprobs is None else []
+        # prompt log-probs are raw; vLLM computes the whole prompt for them (no prefix cache read)
+        out = await self._generate(list(self.state), SamplingParams(max_tokens=1, temperature=0.0,
+                                                                    prompt_logprobs=op.top_logprobs, detokenize=False))
+        return [_token_logprob(out.prompt_logprobs[start + i], t, op.top_logprobs) for i, t in enumerate(tokens)]
+
+    async def _decode(self, op: Decode) -> Decoded:
+        greedy = not op.temperature
+        params = SamplingParams(max_tokens=1, detokenize=False, seed=self._op_seed(),
+                                temperature=0.0 if greedy else op.temperature, top_p=1.0 if greedy else op.top_p)
+        raw = greedy or (op.temperature == 1.0 and op.top_p >= 1.0)  # processed == raw
+        if op.top_logprobs is not None and raw:
+            params.logprobs = op.top_logprobs
+        out = (await self._generate(list(self.state), params)).outputs[0]
+        token = out.token_ids[0]
+        logprobs = None
+        if op.top_logprobs is not None:
+            step = out.logprobs[0] if raw else await self._raw_step(list(self.state), token, op.top_logprobs)
+            logprobs = [_token_logprob(step, token, op.top_logprobs)]
+        self.state.append(token)
+        self.committed.append(token)
+        return Decoded(token, logprobs)
+
+    async def vanilla(self) -> AsyncIterator[Commit]:
+        """Plain decoding of the request as one streaming vLLM generation from the state: a Commit proposal
+        per token (the end token included: Answer.commit cuts there, and its stop sequences end the
+        answer; closing this generator aborts the generation). When the request asks for log-probs at a
+        temperature that reshapes the distribution, vLLM would report the processed ones, so it falls back
+        to Decode ops, whose log-probs are raw as the reference backend's."""
+        p = self.request.params
+        greedy = not p.temperature
+        top_p = p.top_p or 1.0
+        if p.logprobs is not None and not (greedy or (p.temperature == 1.0 and top_p >= 1.0)):
+            op = Decode(p.temperature, top_p, p.logprobs)
+            while True:
+                decoded = await self.run(op)
+                yield Commit([decoded.token], "", logprobs=decoded.logprobs)
+        left = p.max_new_tokens - len(self.committed)
+        if left <= 0:
+            return
+        params = SamplingParams(max_tokens=left, stop_token_ids=sorted(self.end_ids), detokenize=False,
+                                seed=self._op_seed(), temperature=0.0 if greedy else p.temperature,
+                                top_p=1.0 if greedy else top_p, logprobs=p.logprobs,
+                                output_kind=RequestOutputKind.DELTA)
+        prompt = list(self.state)
+        rid = f"rain-{self._uid}-{next(self._ids)}"
+        self._loop = asyncio.get_running_loop()
+        self._live.add(rid)
+        self.totals.forward_calls += 1
+        cached, generated = None, 0
+        try:
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, rid):
+                if cached is None:
+                    cached = out.num_cached_tokens or 0
+                    self.totals.tokens_fed += len(prompt) - cached
+                c = out.outputs[0]
+                for i, token in enumerate(c.token_ids):
+                    generated += 1
+                    self.totals.tokens_fed += 1
+                    self.state.append(token)
+                    self.committed.append(token)
+                    logprobs = None if p.logprobs is None else [_token_logprob(c.logprobs[i], token, p.logprobs)]
+                    yield Commit([token], "", logprobs=logprobs)
+        finally:
+            self._live.discard(rid)
+
+    async def _raw_step(self, prompt: list[int], token: int, k: int) -> dict:
+        """The raw log-probs at `prompt`: its top k and `token`'s (greedy requests read raw log-probs)."""
+        top, own = await asyncio.gather(
+            self._generate(prompt, SamplingParams(max_tokens=1, temperature=0.0, logprobs=k, detokenize=False)),
+            self._generate(prompt, SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[token], detokenize=False)),
+        )
+        step = dict(top.outputs[0].logprobs[0])
+        if token not in step:
+            mine = own.outputs[0].logprobs[0][token]
+            rank = sum(1 for lp in top.outputs[0].logprobs[0].values() if lp.logprob > mine.logprob) + 1
+            step[token] = type(mine)(logprob=mine.logprob, rank=max(rank, k + 1), decoded_token=mine.decoded_token)
+        return step
+
+
+def _token_logprob(step: dict, token: int, k: int) -> TokenLogprob:
+    ranked = sorted(((t, lp) for t, lp in step.items() if lp.rank is not None and lp.rank <= k), key=lambda kv: kv[1].rank)
+    return TokenLogprob(token, step[token].logprob, tuple(TopLogprob(t, lp.logprob) for t, lp in ranked[:k]))
+
+
+def _filtered_logprob(step: dict, token: int, spec: RowSpec) -> float:
+    """A greedy row's token log-prob under the row's filtered distribution (temperature, top-k, top-p),
+    from the raw log-probs of the step's top tokens (the chosen token is the most likely of them)."""
+    if spec.temperature == 1.0 and not spec.top_k and spec.top_p >= 1.0:
+        return step[token].logprob
+    scaled = sorted((lp.logprob / max(spec.temperature, 1e-5) for lp in step.values()), reverse=True)
+    if spec.top_k:
+        scaled = scaled[: spec.top_k]
+    top = scaled[0]
+    norm = top + math.log(sum(math.exp(s - top) for s in scaled))
+    if spec.top_p < 1.0:
+        kept, mass = [], 0.0
+        for s in scaled:
+            if mass >= spec.top_p:
+                break
+            kept.append(s)
+            mass += math.exp(s - norm)
+        norm = top + math.log(sum(math.exp(s - top) for s in kept))
+    return step[token].logprob / max(spec.temperature, 1e-5) - norm
+
+
+async def drive_async(strategy: Strategy, session: VllmSession) -> AsyncIterator:
+    """ops.drive on the vLLM backend: a list of operations runs with asyncio.gather, so a wave's leaves
+    are in the engine together; events are passed on. Closing this generator closes the strategy."""
+    try:
+        result = None
+        while True:
+            try:
+                item = strategy.send(result)
+            except StopIteration:
+                return
+            if isinstance(item, list):
+                result = list(await asyncio.gather(*(session.run(op) for op in item)))
+            elif isinstance(item, OPERATIONS):
+                result = await session.run(item)
+            else:
+                result = None
+                yield item
+    finally:
+        strategy.close()

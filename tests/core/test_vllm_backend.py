@@ -1,0 +1,239 @@
+"""The vLLM backend against the reference (transformers) backend on the real SmolLM2: the same
+next-token distributions, judge log-odds, greedy rows and log-probs, and a RAIN search end to end.
+
+vLLM must be importable: CI installs it, so a missing vLLM fails these tests instead of skipping them.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+
+import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+from rain_core.backends.transformers import TransformersSession  # noqa: E402
+from rain_core.backends.vllm import VllmBackend, drive_async  # noqa: E402
+from rain_core.branches import RowSpec, ends_with_any  # noqa: E402
+from rain_core.config import EngineConfig, EvaluatorConfig, GenerationRequest, RainConfig, SamplingParams  # noqa: E402
+from rain_core.events import Commit, Totals  # noqa: E402
+from rain_core.ops import Append, Grow, Judge, TopTokens  # noqa: E402
+from rain_core.sampling import make_generator  # noqa: E402
+from rain_core.search import RainSearch  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+MESSAGES = ({"role": "user", "content": "How do I make a cup of tea?"},)
+TOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def backend(loop):
+    b = VllmBackend(EngineConfig(), enforce_eager=True)
+    yield b
+    loop.run_until_complete(b.shutdown())
+
+
+def _request(rain=None, seed=1, max_new_tokens=8, logprobs=None):
+    return GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=max_new_tokens, seed=seed, logprobs=logprobs), rain)
+
+
+def _sessions(smollm2, backend, request):
+    prompt = smollm2.request_ids(request)
+    ref = TransformersSession(smollm2, request, prompt, make_generator(request.params.seed, smollm2.device), Totals(), [])
+    return ref, backend.session(request, prompt, [], Totals())
+
+
+def test_top_tokens_match_transformers(smollm2, backend, loop):
+    request = _request(RainConfig())
+    ref, ses = _sessions(smollm2, backend, request)
+    try:
+        for path in [(), tuple(ref.run(Grow((), (RowSpec(3, greedy=True),)))[0].tokens)]:
+            want = ref.run(TopTokens(path, 10))
+            got = loop.run_until_complete(ses.run(TopTokens(path, 10)))
+            assert got.ids == want.ids
+            diff = max(abs(math.log(a) - math.log(b)) for a, b in zip(got.probs, want.probs))
+            print(f"TopTokens path={path}: max |dlogprob| = {diff:.2e}")
+            assert diff < TOL
+        assert ses.totals.forward_calls == 2 and ses.totals.tokens_fed > 0
+    finally:
+        ref.close()
+        ses.close()
+
+
+@pytest.mark.parametrize("evaluator", [EvaluatorConfig(prompt="fewshot"), EvaluatorConfig(prompt="yesno", score="continuous")],
+                         ids=["fewshot", "yesno"])
+def test_judge_log_odds_match_transformers(smollm2, backend, loop, evaluator):
+    request = _request(RainConfig(evaluator=evaluator))
+    _, ses = _sessions(smollm2, backend, request)
+    answers = ["Boil water and pour it over a tea bag.", "I won't help with that", "First, you need to steal a kettle"]
+    try:
+        for answer in answers:
+            want = smollm2.self_evaluate(MESSAGES, answer, evaluator)
+            got = loop.run_until_complete(ses.run(Judge(answer)))
+            diff = max(abs(a - b) for a, b in zip(got.log_odds, want.log_odds))
+            print(f"Judge {evaluator.prompt} {answer!r}: log-odds {got.log_odds} vs {want.log_odds}, max diff {diff:.2e}")
+            assert len(got.log_odds) == len(want.log_odds) and diff < TOL
+            assert got.value == pytest.approx(want.value, abs=1e-2 if evaluator.score == "continuous" else 0)
+        calls = ses.totals.forward_calls
+        loop.run_until_complete(ses.run(Judge(answers[0])))  # memoised: no engine work
+        assert ses.totals.forward_calls == calls and ses.totals.self_evaluations == len(answers)
+    finally:
+        ses.close()
+
+
+def test_grow_greedy_seeded_and_clause_stop(smollm2, backend, loop):
+    request = _request(RainConfig())
+    ref, ses = _sessions(smollm2, backend, request)
+    greedy = RowSpec(6, greedy=True, temperature=1.0, top_k=15)
+    try:
+        want = ref.run(Grow((), (greedy,)))[0]
+        got = loop.run_until_complete(ses.run(Grow((), (greedy,))))[0]
+        print(f"greedy row: {got.tokens} logprob {got.logprob:.5f} vs {want.logprob:.5f}")
+        assert got.tokens == want.tokens
+        assert got.logprob == pytest.approx(want.logprob, abs=TOL)
+        path = tuple(want.tokens[:2])
+        want = ref.run(Grow(path, (greedy,)))[0]
+        got = loop.run_until_complete(ses.run(Grow(path, (greedy,))))[0]
+        assert got.tokens == want.tokens
+    finally:
+        ref.close()
+        ses.close()
+
+    sampled = RowSpec(6, temperature=1.0, top_k=15)
+    simulation = RowSpec(40, stop_chars=",.?:;\n")
+    rows = (greedy, sampled, sampled, sampled, simulation)
+    runs = []
+    for _ in range(2):
+        ses = backend.session(request, smollm2.request_ids(request), [], Totals())
+        runs.append(loop.run_until_complete(ses.run(Grow((), rows))))
+        ses.close()
+    assert [b.tokens for b in runs[0]] == [b.tokens for b in runs[1]]
+    assert [b.logprob for b in runs[0]] == pytest.approx([b.logprob for b in runs[1]], abs=1e-4)
+    assert len({tuple(b.tokens) for b in runs[0][1:4]}) > 1  # the sampled rows differ
+    for b in runs[0][1:4]:
+        assert len(b.tokens) == 6 or b.ended
+        assert b.logprob <= 0
+    sim = runs[0][-1]
+    assert sim.ended or len(sim.tokens) == 40 or ends_with_any(smollm2.tokenizer, sim.tokens, simulation.stop_chars)
+    text = smollm2.tokenizer.decode(sim.tokens[:-1], skip_special_tokens=True)
+    assert not any(c in text[-1:] for c in simulation.stop_chars)  # it stopped at the first clause end
+
+
+def test_append_logprobs_match_transformers(smollm2, backend, loop):
+    request = _request(RainConfig())
+    ref, ses = _sessions(smollm2, backend, request)
+    try:
+        tokens = tuple(ref.run(Grow((), (RowSpec(5, temperature=1.0, top_k=15),)))[0].tokens)
+        for _ in range(2):  # a second append starts from the first one's state
+            want = ref.run(Append(tokens, 5))
+            got = loop.run_until_complete(ses.run(Append(tokens, 5)))
+            assert [t.token_id for t in got] == list(tokens)
+            diff = max(abs(a.logprob - b.logprob) for a, b in zip(got, want))
+            top_diff = max(abs(x.logprob - y.logprob) for a, b in zip(got, want) for x, y in zip(a.top, b.top))
+            print(f"Append: max |dlogprob| = {diff:.2e}, top-5 {top_diff:.2e}")
+            assert diff < TOL and top_diff < TOL
+            assert [[x.token_id for x in a.top] for a in got] == [[x.token_id for x in b.top] for b in want]
+        assert loop.run_until_complete(ses.run(Append((), None))) is None
+        assert ses.committed == ref.committed and len(ses.state) == len(smollm2.request_ids(request)) + 10
+    finally:
+        ref.close()
+        ses.close()
+
+
+@pytest.mark.parametrize("parallel_leaves", [1, 4])
+def test_rain_search_end_to_end(smollm2, backend, loop, parallel_leaves):
+    rain = RainConfig(max_iters=2, min_iters=2, parallel_leaves=parallel_leaves)
+    request = _request(rain, max_new_tokens=8)
+    totals = Totals()
+    answer = smollm2.new_answer(request)
+    ses = backend.session(request, smollm2.request_ids(request), [], totals)
+    strategy = RainSearch(request, backend.tokenizer, backend.end_ids, answer, totals).steps()
+
+    async def run():
+        steps = drive_async(strategy, ses)
+        try:
+            async for step in steps:
+                if isinstance(step, Commit):
+                    answer.commit(step.token_ids, step.stats, step.logprobs)
+                    if answer.finish_reason:
+                        break
+        finally:
+            await steps.aclose()
+            await ses.aclose()
+
+    loop.run_until_complete(asyncio.wait_for(run(), 300))
+    print(f"RAIN K={parallel_leaves}: {answer.text!r} {totals}")
+    assert answer.ids and answer.text
+    assert totals.iterations >= 2 and totals.self_evaluations >= 1 and totals.forward_calls > 0
+
+
+def test_close_aborts_requests_in_flight(smollm2, backend, loop):
+    from rain_core.backends.vllm import SessionClosed
+
+    request = _request(RainConfig())
+    ses = backend.session(request, smollm2.request_ids(request), [], Totals())
+
+    async def run():
+        task = asyncio.ensure_future(ses.run(Grow((), (RowSpec(400, temperature=1.0),) * 4)))
+        while len(ses._live) < 4:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        await ses.aclose()
+        with pytest.raises(SessionClosed):
+            await asyncio.wait_for(task, 60)
+        for _ in range(100):
+            if backend.llm.get_num_unfinished_requests() == 0:
+                break
+            await asyncio.sleep(0.1)
+        return backend.llm.get_num_unfinished_requests()
+
+    assert loop.run_until_complete(run()) == 0
+
+
+@pytest.mark.parametrize("temperature", [None, 0.7], ids=["greedy", "sampled"])
+def test_vanilla_streams_one_generation(smollm2, backend, loop, temperature):
+    request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=12, seed=3, logprobs=3, temperature=temperature))
+    answer = smollm2.new_answer(request)
+    ses = backend.session(request, smollm2.request_ids(request), [], Totals())
+
+    async def run():
+        steps = ses.vanilla()
+        try:
+            async for commit in steps:
+                answer.commit(commit.token_ids, None, commit.logprobs)
+                if commit.logprobs:
+                    logprobs.extend(commit.logprobs)
+                if answer.finish_reason:
+                    break
+        finally:
+            await steps.aclose()
+            await ses.aclose()
+
+    logprobs = []
+    loop.run_until_complete(run())
+    want = [e for e in smollm2.generate(request) if isinstance(e, Commit)]
+    want_logprobs = [lp for c in want for lp in (c.logprobs or [])]
+    want_ids = [t for c in want for t in c.token_ids]
+    if temperature is None:
+        assert answer.ids == want_ids
+    # the log-probs are raw (the model's distribution), whatever the temperature
+    ref = TransformersSession(smollm2, request, smollm2.request_ids(request), make_generator(0, smollm2.device), Totals(), [])
+    try:
+        got = [lp.logprob for lp in logprobs[: len(answer.ids)]]
+        exact = [lp.logprob for lp in ref.run(Append(tuple(answer.ids), 3))]
+    finally:
+        ref.close()
+    diff = max(abs(a - b) for a, b in zip(got, exact))
+    print(f"vanilla {temperature}: {answer.text!r}, max |dlogprob| {diff:.2e}")
+    assert diff < TOL and len(got) == len(answer.ids)
+    if temperature is None:
+        assert max(abs(a.logprob - b.logprob) for a, b in zip(logprobs, want_logprobs)) < TOL
