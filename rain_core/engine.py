@@ -18,13 +18,11 @@ from .backends.transformers import TransformersSession
 from .ops import Strategy, drive
 from .runner import ModelRunner
 from .sampling import make_generator
-from .template import TemplateError, chat_ids, text_ids
+from .template import TemplateError, chat_ids, end_token_ids, text_ids
 from .vanilla import vanilla_tokens
 
 log = logging.getLogger(__name__)
 
-# Tokens that open a new turn: an answer that reaches one has ended (the reference counted "Human:").
-TURN_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
 
 
 class RequestError(ValueError):
@@ -101,7 +99,7 @@ class Engine:
         self.source = resolve(config.model)
         self.model_name = self.source.name
         self.tokenizer = load_tokenizer(self.source)
-        self.end_ids = self._end_token_ids()
+        self.end_ids = end_token_ids(self.tokenizer)
         self.runner: Optional[ModelRunner] = None
         if config.backend == "vllm":
             from .backends.vllm import VllmBackend
@@ -140,12 +138,6 @@ class Engine:
             raise RequestError("rain.judge 'served' needs a judge model; start the server with --judge-model",
                                "rain.judge")
         return self.judges[choice]
-
-    def _end_token_ids(self) -> frozenset[int]:
-        ids = {self.tokenizer.eos_token_id}
-        vocab = self.tokenizer.get_vocab()
-        ids.update(vocab[t] for t in TURN_TOKENS if t in vocab)
-        return frozenset(i for i in ids if i is not None)
 
     @cached_property
     def embedder(self):
@@ -242,7 +234,8 @@ class Engine:
         g = self._begin(request)
         if g.answer.finish_reason is None:
             session = self.vllm.session(request, g.prompt + g.answer.ids, g.answer.ids, g.totals)
-            steps = drive_async(self.strategy(g), session)
+            # vanilla decoding is one streaming generation there, not one engine request per token
+            steps = session.vanilla() if request.rain is None else drive_async(self.strategy(g), session)
             try:
                 async for step in steps:
                     yield self._record(g, step)

@@ -20,6 +20,18 @@ _SENTINEL = "\x00rain-content-{}\x00"
 _SENTINELS = re.compile("\x00rain-content-(\\d+)\x00")
 
 
+# Tokens that open a new turn: an answer that reaches one has ended (the reference counted "Human:").
+TURN_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
+
+
+def end_token_ids(tokenizer) -> frozenset[int]:
+    """The ids that end an answer: the tokenizer's end of sequence and every turn token it knows."""
+    ids = {tokenizer.eos_token_id}
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in TURN_TOKENS if t in vocab)
+    return frozenset(i for i in ids if i is not None)
+
+
 class TemplateError(ValueError):
     """The model's chat template cannot lay out these messages."""
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import os
 import random
 import uuid
 from collections import OrderedDict
@@ -35,12 +36,12 @@ from typing import AsyncIterator, Optional
 
 from ..branches import Branch, RowSpec, ends_with_any
 from ..config import EngineConfig, EvaluatorConfig, GenerationRequest
-from ..events import Commit, TokenLogprob, TopLogprob, Totals
+from ..events import Commit, EngineLoad, TokenLogprob, TopLogprob, Totals
 from ..models import ModelSource, _converted, load_tokenizer, resolve, weights_dir
 from ..ops import (OPERATIONS, Append, Decode, Decoded, Embed, Grow, Judge, Op, Ranked, Result, Strategy,
                    TopTokens)
 from ..selfeval import VERDICT_CACHE_SIZE, EvalLayout, SelfEvalResult, answer_ids, build_layout, combine, render_conversation
-from ..template import text_ids
+from ..template import end_token_ids, text_ids
 
 # Imported eagerly: CI installs vLLM, and a missing vLLM must fail loudly, not fall back.
 from vllm import SamplingParams
@@ -48,10 +49,11 @@ from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.metrics.loggers import StatLoggerBase
 
-TURN_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")  # as engine.py
 MAX_LOGPROBS = 64  # the most log-probs a request may ask for: TopTokens asks up to num_candidates + widen_max_children
 SEED_SPACE = 2**31
+CPU_KV_CACHE_GIB = 2
 
 
 def _tokenizer_dir(source: ModelSource) -> str:
@@ -66,19 +68,42 @@ def _tokenizer_dir(source: ModelSource) -> str:
     return str(saved)
 
 
-def end_token_ids(tokenizer) -> frozenset[int]:
-    ids = {tokenizer.eos_token_id}
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in TURN_TOKENS if t in vocab)
-    return frozenset(i for i in ids if i is not None)
+class Occupancy(StatLoggerBase):
+    """Counts every engine step into `load`: the sequences it computed (the running requests) and the
+    tokens (prompt tokens computed, prefix-cache hits excluded, plus generated ones)."""
+
+    def __init__(self, load: EngineLoad):
+        self.load = load
+
+    def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
+        if scheduler_stats is None or iteration_stats is None:
+            return
+        # vLLM calls these stats unstable: a renamed field must cost the metric, never the engine's
+        # output handler (an exception there fails every request), and tests/server/test_backends.py notices
+        prompt = getattr(iteration_stats, "prompt_token_stats", None)
+        tokens = getattr(iteration_stats, "num_generation_tokens", 0) + getattr(prompt, "computed", 0)
+        if tokens:
+            self.load.steps += 1
+            self.load.rows += getattr(scheduler_stats, "num_running_reqs", 0)
+            self.load.tokens += tokens
+
+    def log_engine_initialized(self) -> None:
+        pass
 
 
 class VllmBackend:
     """One vLLM engine (AsyncLLM) serving every request's operations."""
 
     def __init__(self, config: EngineConfig = EngineConfig(), *, source: Optional[ModelSource] = None,
-                 enforce_eager: bool = False, max_logprobs: int = MAX_LOGPROBS, **engine_kwargs):
+                 enforce_eager: Optional[bool] = None, max_logprobs: int = MAX_LOGPROBS, **engine_kwargs):
+        """`enforce_eager` None: eager on CPU, where compiling the model costs minutes of start-up on a
+        few cores; compiled (and CUDA graphs) on GPUs."""
         self.config = config
+        if enforce_eager is None:
+            enforce_eager = config.device == "cpu"
+        # vLLM's CPU build sizes its KV cache from this (GiB); SmolLM2's 8k context needs far less than
+        # its default, and several servers share a CI machine
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
         self.source = source or resolve(config.model)
         self.model_name = self.source.name
         self.tokenizer = load_tokenizer(self.source)
@@ -97,10 +122,11 @@ class VllmBackend:
             max_logprobs=max_logprobs,
             generation_config="vllm",  # no sampling defaults or extra stop ids from the model's generation_config.json
             enforce_eager=enforce_eager,
-            disable_log_stats=True,
+            disable_log_stats=True,  # vLLM's own loggers; ours (the batch occupancy) still runs
             **engine_kwargs,
         )
-        self.llm = AsyncLLM.from_engine_args(args)
+        self.load = EngineLoad()
+        self.llm = AsyncLLM.from_engine_args(args, stat_loggers=[lambda vllm_config, engine_index=0: Occupancy(self.load)])
         self.context_length = self.llm.model_config.max_model_len
         self.end_ids = end_token_ids(self.tokenizer)
         self._layouts: dict[EvaluatorConfig, EvalLayout] = {}
