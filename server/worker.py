@@ -29,6 +29,7 @@ from .protocol import (Cancel, Cancelled, Delta, Done, Failed, FromWorker, Ready
 
 log = logging.getLogger("rain_serve.worker")
 
+ENGINE_CHECK_S = 1.0  # how often an idle vLLM worker checks that its engine is alive
 CALIBRATION = GenerationRequest(
     messages=({"role": "user", "content": "Count from one to ten in words."},),
     params=SamplingParams(max_new_tokens=8),
@@ -210,11 +211,21 @@ class BatchingWorker(Worker):
         threading.Thread(target=self._receive_into, args=(loop,), name="inbox", daemon=True).start()
         self.send(Ready(os.getpid(), self.engine.model_name, self.engine.context_length))
         self.send(self.speed.snapshot())
+        watch = loop.create_task(self._watch_engine())
         await self.stopped.wait()
+        watch.cancel()
         for task in self.tasks.values():
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         self.engine.vllm.shutdown()
+
+    async def _watch_engine(self) -> None:
+        """Exit once the engine has died, busy or idle: the pool then restarts this worker (a request in
+        flight notices at once; this catches an engine that dies between requests)."""
+        while not self.engine.vllm.llm.errored:
+            await asyncio.sleep(ENGINE_CHECK_S)
+        log.error("the vLLM engine died; the pool restarts this worker")
+        os._exit(1)
 
     async def _warm_up(self) -> None:
         """Start the engine's batches and, optionally, what RAIN needs (the encoder) before Ready."""

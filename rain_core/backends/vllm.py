@@ -31,13 +31,14 @@ import math
 import os
 import random
 import uuid
+from pathlib import Path
 from collections import OrderedDict
 from typing import AsyncIterator, Optional
 
 from ..branches import Branch, RowSpec, ends_with_any
 from ..config import EngineConfig, EvaluatorConfig, GenerationRequest
 from ..events import Commit, EngineLoad, TokenLogprob, TopLogprob, Totals
-from ..models import ModelSource, _converted, load_tokenizer, resolve, weights_dir
+from ..models import ModelSource, _converted, cache_dir, load_tokenizer, resolve, weights_dir
 from ..ops import (OPERATIONS, Append, Decode, Decoded, Embed, Grow, Judge, Op, Ranked, Result, Strategy,
                    TopTokens)
 from ..selfeval import VERDICT_CACHE_SIZE, EvalLayout, SelfEvalResult, answer_ids, build_layout, combine, render_conversation
@@ -56,16 +57,25 @@ SEED_SPACE = 2**31
 CPU_KV_CACHE_GIB = 2
 
 
-def _tokenizer_dir(source: ModelSource) -> str:
-    """The directory vLLM reads the tokenizer from: a GGUF's converted tokenizer (saved by load_tokenizer)."""
+def model_dir(source: ModelSource) -> str:
+    """One directory with the weights and the tokenizer, as vLLM reads a model: for a GGUF, links to
+    its de-quantised weights and its converted tokenizer (both kept in the cache by rain_core.models;
+    a tokenizer directory alone makes vLLM retry to read it as a model config, seconds per process)."""
     if not source.gguf_file:
         return source.path
-    from transformers import AutoTokenizer
-
-    saved = _converted(source, "tokenizers", lambda: AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file))
-    if saved is None:
-        raise RuntimeError(f"the vLLM backend needs the converted tokenizer of {source.gguf_file} in the cache directory")
-    return str(saved)
+    load_tokenizer(source)  # converts and keeps the tokenizer, once
+    weights = weights_dir(source)
+    tokenizer = _converted(source, "tokenizers", lambda: None)
+    if weights is None or tokenizer is None:
+        raise RuntimeError(f"the vLLM backend needs the converted {source.gguf_file} in the cache directory")
+    joined = cache_dir() / "vllm" / Path(weights).name
+    joined.mkdir(parents=True, exist_ok=True)
+    for folder in (Path(weights), tokenizer):
+        for item in folder.iterdir():
+            link = joined / item.name
+            if not link.exists():
+                link.symlink_to(item)
+    return str(joined)
 
 
 class Occupancy(StatLoggerBase):
@@ -107,13 +117,9 @@ class VllmBackend:
         self.source = source or resolve(config.model)
         self.model_name = self.source.name
         self.tokenizer = load_tokenizer(self.source)
-        weights = weights_dir(self.source)
-        if weights is None:
-            raise RuntimeError(f"the vLLM backend needs the de-quantised weights of {self.source.gguf_file} in the cache directory")
         self.max_logprobs = max_logprobs
         args = AsyncEngineArgs(
-            model=weights,
-            tokenizer=_tokenizer_dir(self.source),
+            model=model_dir(self.source),
             served_model_name=self.model_name,
             dtype=config.dtype,
             tensor_parallel_size=config.tp,
