@@ -78,6 +78,16 @@ def model_dir(source: ModelSource) -> str:
     return str(joined)
 
 
+def cpu_scheduling(model: str) -> dict:
+    """No chunked prefill on CPU: vLLM 0.32's CPU runner crashes (`CPU Generator does not use offset`)
+    when a seeded request's prefill is split across steps, which happens under load. A step then takes
+    a whole prompt of up to the model's context."""
+    from transformers import AutoConfig
+
+    context = AutoConfig.from_pretrained(model).max_position_embeddings
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": context}
+
+
 class Occupancy(StatLoggerBase):
     """Counts every engine step into `load`: the sequences it computed (the running requests) and the
     tokens (prompt tokens computed, prefix-cache hits excluded, plus generated ones)."""
@@ -118,8 +128,11 @@ class VllmBackend:
         self.model_name = self.source.name
         self.tokenizer = load_tokenizer(self.source)
         self.max_logprobs = max_logprobs
+        model = model_dir(self.source)
+        if config.device == "cpu":
+            engine_kwargs = {**cpu_scheduling(model), **engine_kwargs}
         args = AsyncEngineArgs(
-            model=model_dir(self.source),
+            model=model,
             served_model_name=self.model_name,
             dtype=config.dtype,
             tensor_parallel_size=config.tp,
