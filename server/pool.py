@@ -22,7 +22,7 @@ from rain_core.events import FinishReason
 
 from .errors import ApiError
 from .protocol import Cancel, Cancelled, Delta, Done, Failed, FromWorker, Ready, Shutdown, Speed, Submit, WorkerConfig
-from .supervisor import Reader, WorkerSlot
+from .supervisor import Reader, WorkerSlot, kill_group
 
 log = logging.getLogger("rain_serve.pool")
 
@@ -100,6 +100,7 @@ class Pool:
                 slot.send(Shutdown())
             elif slot.process is not None:
                 slot.process.kill()  # still loading: nothing to finish
+                kill_group(slot.process)
         await asyncio.to_thread(self._join_all)
 
     def _join_all(self) -> None:
@@ -110,6 +111,7 @@ class Pool:
                 if slot.process.is_alive():
                     slot.process.kill()
                     slot.process.join()
+                kill_group(slot.process)
 
     # requests --------------------------------------------------------------------------------
     def submit(self, jobs: Sequence[Job]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import signal
 import threading
 import time
 from multiprocessing.connection import Connection, wait
@@ -91,6 +93,7 @@ class Reader(threading.Thread):
                 while conn.poll() and self._forward(slot, conn):
                     pass
                 process.join(timeout=1)  # reap it, so its exit code is known
+                kill_group(process)
                 reported.add(process)
                 self._post(self.on_death, slot, process)
 
@@ -107,3 +110,12 @@ class Reader(threading.Thread):
             self.loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # the loop is closed: the server is exiting
             pass
+
+
+def kill_group(process: multiprocessing.Process) -> None:
+    """Kill what a worker started (vLLM's engine processes), which outlive a worker killed with SIGKILL:
+    each worker leads a process group of its own (worker.main)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # nothing left of it
+        pass

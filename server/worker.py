@@ -45,6 +45,7 @@ class Job:
 
 
 def main(index: int, config: WorkerConfig, conn: Connection) -> None:
+    os.setpgid(0, 0)  # a group of its own, so that what it starts dies with it (supervisor.kill_group)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{index} %(levelname)s %(message)s")

@@ -110,6 +110,9 @@ def test_a_dead_engine_takes_its_worker_down_and_the_pool_restarts_it(vllm_serve
         os.kill(int(core), signal.SIGKILL)
     vllm_server.wait_for(lambda h: h["workers"][0]["pid"] != pid and h["status"] == "ok", timeout_s=600,
                          what="a restarted worker")
+    # nothing of the dead worker's group is left: the engine cores' own workers went with it
+    left = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
+    assert left == [], left
     answer = vllm_server.client().chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}],
                                                           max_tokens=4, extra_body=VANILLA)
     assert answer.choices[0].message.content
