@@ -218,7 +218,7 @@ class BatchingWorker(Worker):
         for task in self.tasks.values():
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        self.engine.vllm.shutdown()
+        await self.engine.vllm.shutdown()
 
     async def _watch_engine(self) -> None:
         """Exit once the engine has died, busy or idle: the pool then restarts this worker (a request in
@@ -249,7 +249,10 @@ class BatchingWorker(Worker):
             self.stopped.set()
         elif isinstance(message, Submit):
             job = Job(message.id, message.request, events=iter(()))
-            self.tasks[message.id] = asyncio.get_running_loop().create_task(self._run(job))
+            task = asyncio.get_running_loop().create_task(self._run(job))
+            # also when cancelled before it ran a step, which no handler inside it would see
+            task.add_done_callback(lambda done, rid=message.id: done.cancelled() and self.send(Cancelled(rid)))
+            self.tasks[message.id] = task
         elif isinstance(message, Cancel) and message.id in self.tasks:
             self.tasks[message.id].cancel()
 
@@ -261,8 +264,6 @@ class BatchingWorker(Worker):
             async for event in self.engine.generate_async(job.request):
                 job.compute_s = time.perf_counter() - started
                 self._deliver(job, event)
-        except asyncio.CancelledError:
-            self.send(Cancelled(job.id))
         except RequestError as exc:
             self._fail(job, 400, str(exc), exc.param)
         except EngineDeadError:

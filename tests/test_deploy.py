@@ -298,7 +298,7 @@ def interpolate(text: str) -> str:
     """Compose's ${VAR}, ${VAR:-default} and ${VAR:?message}, with the defaults (required ones get 'x')."""
 
     def value(m):
-        name, op, default = m.group(1), m.group(2), m.group(3)
+        op, default = m.group(2), m.group(3)
         return default if op == ":-" else "x"
 
     return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}", value, text)

@@ -16,7 +16,7 @@ from rain_core import tp
 from rain_core.config import EngineConfig, GenerationRequest, RainConfig, SamplingParams
 from rain_core.engine import Engine
 from rain_core.events import Commit, Finish
-from rain_core.models import ModelSource, load_model, resolve
+from rain_core.models import ModelSource, load_model
 from rain_core.runner import ModelRunner, TreeLayout
 
 MESSAGES = ({"role": "user", "content": "Explain in two sentences why the sky is blue."},)
