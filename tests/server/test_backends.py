@@ -1,5 +1,6 @@
 """Both backends behind the real server: `--backend vllm` answers, streams, searches (parallel leaves
-too), batches concurrent requests, frees a cancelled search and survives the death of its engine; on
+too), batches concurrent requests, frees a cancelled search, resumes a request whose worker died and
+survives the death of its engine; on
 both, concurrency is invisible to the answers of seeded requests."""
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from serve_helpers import MODEL, TINY_RAIN, VANILLA, chat_body, metric, scrape
+from serve_helpers import (LONG, MODEL, TINY_RAIN, VANILLA, chat_body, finish_chunks, kill_the_worker_running_it,
+                           long_stream, metric, scrape, streamed_text)
 
 pytestmark = pytest.mark.slow
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -100,6 +102,18 @@ def test_a_cancelled_search_frees_the_engine(vllm_server):
     answer = vllm_server.client().chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}],
                                                           max_tokens=4, extra_body=VANILLA)
     assert answer.choices[0].message.content
+
+
+def test_a_stream_resumes_on_the_restarted_vllm_worker(vllm_server):
+    """The pool's resume works on this backend too: the greedy answer comes out whole and unchanged."""
+    (expected,) = answers(vllm_server, [chat_body(LONG, max_tokens=40, **VANILLA)], concurrent=False)
+    stream = long_stream(vllm_server, 40, **VANILLA)
+    stream.wait_for_payloads(1 + 5)
+    kill_the_worker_running_it(vllm_server)
+    chunks = stream.chunks
+    assert streamed_text(chunks) == expected
+    (last,) = finish_chunks(chunks)
+    assert last["rain"]["summary"]["resubmissions"] == 1
 
 
 def test_a_dead_engine_takes_its_worker_down_and_the_pool_restarts_it(vllm_server):
