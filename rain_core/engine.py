@@ -15,7 +15,7 @@ from .config import EngineConfig, EvaluatorConfig, GenerationRequest, JudgeChoic
 from .events import Commit, Event, Finish, Judgment, SearchTick, Totals
 from .models import load_model, load_tokenizer, resolve
 from .backends.transformers import TransformersSession
-from .ops import Strategy, drive
+from .ops import Strategy, drive, drive_async
 from .runner import ModelRunner
 from .sampling import make_generator
 from .template import TemplateError, chat_ids, end_token_ids, text_ids
@@ -104,7 +104,7 @@ class Engine:
         if config.backend == "vllm":
             from .backends.vllm import VllmBackend
 
-            self.vllm = VllmBackend(config, source=self.source)
+            self.vllm = VllmBackend(config, source=self.source, tokenizer=self.tokenizer)
             self.device = torch.device(config.device)
             self.context_length = self.vllm.context_length
         else:
@@ -229,8 +229,6 @@ class Engine:
         """`generate` on the vLLM backend: the request's operations go to the engine as they come,
         batched by it with every other request's (and a wave's leaves with each other). Cancelling the
         task that iterates this aborts whatever the request still has in the engine."""
-        from .backends.vllm import drive_async
-
         g = self._begin(request)
         if g.answer.finish_reason is None:
             session = self.vllm.session(request, g.prompt + g.answer.ids, g.answer.ids, g.totals)

@@ -107,14 +107,24 @@ def _converted(source: ModelSource, kind: str, convert) -> Optional[Path]:
     return saved
 
 
-def load_tokenizer(source: ModelSource):
+def tokenizer_dir(source: ModelSource) -> Optional[str]:
+    """A directory (or HF id) of the tokenizer's files: a GGUF's is converted once into the cache.
+    None when the cache cannot be written."""
     from transformers import AutoTokenizer
 
     if not source.gguf_file:
-        return AutoTokenizer.from_pretrained(source.path)
-    convert = lambda: AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)  # noqa: E731
-    saved = _converted(source, "tokenizers", convert)
-    return AutoTokenizer.from_pretrained(saved) if saved else convert()
+        return source.path
+    saved = _converted(source, "tokenizers", lambda: AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file))
+    return str(saved) if saved else None
+
+
+def load_tokenizer(source: ModelSource):
+    from transformers import AutoTokenizer
+
+    path = tokenizer_dir(source)
+    if path is None:  # a GGUF whose conversion cannot be kept: convert in memory
+        return AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    return AutoTokenizer.from_pretrained(path)
 
 
 def _dequantized(source: ModelSource):

@@ -13,8 +13,9 @@ requests that its scheduler batches with every other request's.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import Generator, Iterator, Optional, Protocol, Union
+from typing import AsyncIterator, Generator, Iterator, Optional, Protocol, Union
 
 import torch
 
@@ -99,6 +100,14 @@ class Session(Protocol):
     def close(self) -> None: ...
 
 
+class AsyncSession(Protocol):
+    """One request's state on an asynchronous backend."""
+
+    async def run(self, op: Op) -> Result: ...
+
+    async def aclose(self) -> None: ...
+
+
 def lockstep(strategies: list[Strategy]) -> Generator[list[Op], list[Result], list[object]]:
     """Run several sub-strategies that yield only operations side by side: each round gathers the next
     operation of every one still running into one list, so a backend can execute them together.
@@ -123,6 +132,18 @@ def _advance(strategy: Strategy, i: int, answer: object, pending: dict, results:
         results[i] = stop.value
 
 
+def requested(item: object) -> Optional[list[Op]]:
+    """The operations a strategy's item asks for, or None for an event: a list runs together and is
+    answered with a list, a single operation is answered with its own result (see `answer`)."""
+    if isinstance(item, list):
+        return item
+    return [item] if isinstance(item, OPERATIONS) else None
+
+
+def answer(item: object, results: list[Result]) -> object:
+    return results if isinstance(item, list) else results[0]
+
+
 def drive(strategy: Strategy, session: Session) -> Iterator[Event]:
     """Run a strategy on a backend session one operation at a time (the reference order), passing its
     events on; closing this generator closes the strategy."""
@@ -133,12 +154,31 @@ def drive(strategy: Strategy, session: Session) -> Iterator[Event]:
                 item = strategy.send(result)
             except StopIteration:
                 return
-            if isinstance(item, list):
-                result = [session.run(op) for op in item]
-            elif isinstance(item, OPERATIONS):
-                result = session.run(item)
-            else:
+            ops = requested(item)
+            if ops is None:
                 result = None
                 yield item
+            else:
+                result = answer(item, [session.run(op) for op in ops])
+    finally:
+        strategy.close()
+
+
+async def drive_async(strategy: Strategy, session: AsyncSession) -> AsyncIterator[Event]:
+    """`drive` on an asynchronous backend (vLLM): the operations of one request for several run with
+    asyncio.gather, so a wave's leaves are in the engine together."""
+    try:
+        result = None
+        while True:
+            try:
+                item = strategy.send(result)
+            except StopIteration:
+                return
+            ops = requested(item)
+            if ops is None:
+                result = None
+                yield item
+            else:
+                result = answer(item, list(await asyncio.gather(*map(session.run, ops))))
     finally:
         strategy.close()

@@ -137,6 +137,24 @@ def combine(log_odds: list[float], score: str) -> float:
     return math.tanh(mean / 2.0)  # = 2 sigmoid(mean) - 1
 
 
+class Verdicts:
+    """One session's latest verdicts by answer text, so that an answer the search reaches again (the
+    same text by another path) is judged once; the oldest are dropped past VERDICT_CACHE_SIZE."""
+
+    def __init__(self) -> None:
+        self._by_text: OrderedDict[str, SelfEvalResult] = OrderedDict()
+
+    def get(self, answer_text: str) -> Optional[SelfEvalResult]:
+        if answer_text in self._by_text:
+            self._by_text.move_to_end(answer_text)
+        return self._by_text.get(answer_text)
+
+    def keep(self, answer_text: str, result: SelfEvalResult) -> None:
+        self._by_text[answer_text] = result
+        if len(self._by_text) > VERDICT_CACHE_SIZE:
+            self._by_text.popitem(last=False)
+
+
 class SelfEvaluator:
     """One evaluation format on one model; owns the cache of its fixed prefix."""
 
@@ -160,19 +178,17 @@ class EvalSession:
         self.fed = list(self.base)  # ids currently in self.cache
         conversation = render_conversation(messages, evaluator.layout.truthful)
         self.conversation_ids = text_ids(evaluator.tokenizer, conversation)
-        self.verdicts: OrderedDict[str, SelfEvalResult] = OrderedDict()
+        self.verdicts = Verdicts()
 
     def close(self) -> None:
         self.runner.free_cache(self.cache)
 
     def evaluate(self, answer_text: str) -> SelfEvalResult:
-        if answer_text in self.verdicts:
-            self.verdicts.move_to_end(answer_text)
-            return self.verdicts[answer_text]
+        known = self.verdicts.get(answer_text)
+        if known is not None:
+            return known
         result = self._run(answer_text)
-        self.verdicts[answer_text] = result
-        if len(self.verdicts) > VERDICT_CACHE_SIZE:
-            self.verdicts.popitem(last=False)
+        self.verdicts.keep(answer_text, result)
         if self.totals is not None:
             self.totals.self_evaluations += 1
         return result

@@ -32,16 +32,15 @@ import os
 import random
 import uuid
 from pathlib import Path
-from collections import OrderedDict
 from typing import AsyncIterator, Optional
 
 from ..branches import Branch, RowSpec, ends_with_any
 from ..config import EngineConfig, EvaluatorConfig, GenerationRequest
 from ..events import Commit, EngineLoad, TokenLogprob, TopLogprob, Totals
-from ..models import ModelSource, _converted, cache_dir, load_tokenizer, resolve, weights_dir
-from ..ops import (OPERATIONS, Append, Decode, Decoded, Embed, Grow, Judge, Op, Ranked, Result, Strategy,
+from ..models import ModelSource, cache_dir, load_tokenizer, resolve, tokenizer_dir, weights_dir
+from ..ops import (Append, Decode, Decoded, Embed, Grow, Judge, Op, Ranked, Result,
                    TopTokens)
-from ..selfeval import VERDICT_CACHE_SIZE, EvalLayout, SelfEvalResult, answer_ids, build_layout, combine, render_conversation
+from ..selfeval import EvalLayout, SelfEvalResult, Verdicts, answer_ids, build_layout, combine, render_conversation
 from ..template import end_token_ids, text_ids
 
 # Imported eagerly: CI installs vLLM, and a missing vLLM must fail loudly, not fall back.
@@ -63,14 +62,12 @@ def model_dir(source: ModelSource) -> str:
     a tokenizer directory alone makes vLLM retry to read it as a model config, seconds per process)."""
     if not source.gguf_file:
         return source.path
-    load_tokenizer(source)  # converts and keeps the tokenizer, once
-    weights = weights_dir(source)
-    tokenizer = _converted(source, "tokenizers", lambda: None)
+    weights, tokenizer = weights_dir(source), tokenizer_dir(source)
     if weights is None or tokenizer is None:
         raise RuntimeError(f"the vLLM backend needs the converted {source.gguf_file} in the cache directory")
     joined = cache_dir() / "vllm" / Path(weights).name
     joined.mkdir(parents=True, exist_ok=True)
-    for folder in (Path(weights), tokenizer):
+    for folder in (Path(weights), Path(tokenizer)):
         for item in folder.iterdir():
             link = joined / item.name
             if not link.exists():
@@ -115,7 +112,7 @@ class VllmBackend:
     """One vLLM engine (AsyncLLM) serving every request's operations."""
 
     def __init__(self, config: EngineConfig = EngineConfig(), *, source: Optional[ModelSource] = None,
-                 enforce_eager: Optional[bool] = None, max_logprobs: int = MAX_LOGPROBS, **engine_kwargs):
+                 tokenizer=None, enforce_eager: Optional[bool] = None, max_logprobs: int = MAX_LOGPROBS, **engine_kwargs):
         """`enforce_eager` None: eager on CPU, where compiling the model costs minutes of start-up on a
         few cores; compiled (and CUDA graphs) on GPUs."""
         self.config = config
@@ -126,7 +123,7 @@ class VllmBackend:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
         self.source = source or resolve(config.model)
         self.model_name = self.source.name
-        self.tokenizer = load_tokenizer(self.source)
+        self.tokenizer = tokenizer or load_tokenizer(self.source)  # the engine passes the one it loaded
         self.max_logprobs = max_logprobs
         model = model_dir(self.source)
         if config.device == "cpu":
@@ -197,7 +194,7 @@ class VllmSession:
         self._ids = itertools.count()
         self._uid = uuid.uuid4().hex[:12]
         self._live: set[str] = set()
-        self._verdicts: OrderedDict[str, SelfEvalResult] = OrderedDict()
+        self._verdicts = Verdicts()
         self._conversation: Optional[list[int]] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None  # where this session's requests run
         self.closed = False
@@ -317,9 +314,9 @@ class VllmSession:
         return branch
 
     async def _judge(self, op: Judge) -> SelfEvalResult:
-        if op.answer in self._verdicts:
-            self._verdicts.move_to_end(op.answer)
-            return self._verdicts[op.answer]
+        known = self._verdicts.get(op.answer)
+        if known is not None:
+            return known
         rain = self.request.rain
         if rain.judge != "self":
             from ..engine import RequestError
@@ -332,9 +329,7 @@ class VllmSession:
         log_odds = list(await asyncio.gather(*(self._log_odds(head + suffix, good, bad)
                                                for suffix, (good, bad) in zip(layout.suffixes, layout.options))))
         result = SelfEvalResult(combine(log_odds, rain.evaluator.score), log_odds)
-        self._verdicts[op.answer] = result
-        if len(self._verdicts) > VERDICT_CACHE_SIZE:
-            self._verdicts.popitem(last=False)
+        self._verdicts.keep(op.answer, result)
         self.totals.self_evaluations += 1
         return result
 
@@ -454,24 +449,3 @@ def _filtered_logprob(step: dict, token: int, spec: RowSpec) -> float:
             mass += math.exp(s - norm)
         norm = top + math.log(sum(math.exp(s - top) for s in kept))
     return step[token].logprob / max(spec.temperature, 1e-5) - norm
-
-
-async def drive_async(strategy: Strategy, session: VllmSession) -> AsyncIterator:
-    """ops.drive on the vLLM backend: a list of operations runs with asyncio.gather, so a wave's leaves
-    are in the engine together; events are passed on. Closing this generator closes the strategy."""
-    try:
-        result = None
-        while True:
-            try:
-                item = strategy.send(result)
-            except StopIteration:
-                return
-            if isinstance(item, list):
-                result = list(await asyncio.gather(*(session.run(op) for op in item)))
-            elif isinstance(item, OPERATIONS):
-                result = await session.run(item)
-            else:
-                result = None
-                yield item
-    finally:
-        strategy.close()

@@ -14,7 +14,8 @@ import pytest
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from rain_core.backends.transformers import TransformersSession  # noqa: E402
-from rain_core.backends.vllm import VllmBackend, drive_async  # noqa: E402
+from rain_core.backends.vllm import VllmBackend  # noqa: E402
+from rain_core.ops import drive_async  # noqa: E402
 from rain_core.branches import RowSpec, ends_with_any  # noqa: E402
 from rain_core.config import EngineConfig, EvaluatorConfig, GenerationRequest, RainConfig, SamplingParams  # noqa: E402
 from rain_core.events import Commit, Totals  # noqa: E402
