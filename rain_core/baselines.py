@@ -9,8 +9,8 @@ Both judge with the request's evaluation format on the request's judge, so their
   fixed refusal replaces it. Streamed, no text may leave before it is judged, so the answer is judged
   sentence by sentence instead: a sentence is committed only once the answer up to its end has
   passed, and the first one that fails is replaced by the refusal (what was sent stays sent).
-- best_of_n: n answers sampled side by side on the prompt's cache; the judge's best-scored one is
-  returned (the first of them on a tie).
+- best_of_n: n answers sampled side by side on the prompt's cache and judged together; the judge's
+  best-scored one is returned (the first of them on a tie).
 """
 from __future__ import annotations
 
@@ -67,17 +67,22 @@ def best_of_n(engine, request: GenerationRequest, totals: Totals, judgment: Judg
     cfg, params = request.rain, request.params
     row = RowSpec(params.max_new_tokens, temperature=cfg.candidate_temperature, top_p=cfg.candidate_top_p)
     branches = yield Grow((), (row,) * cfg.best_of)
-    for branch in branches:
-        draft = engine.new_answer(request)
-        draft.commit(branch.tokens)  # judged as the client would receive it: cut at stops and limits
-        judgment.values.append((yield Judge(draft.text)).value)
-        yield SearchTick(totals.iterations)
+    verdicts = yield [Judge(client_text(engine, request, branch.tokens)) for branch in branches]
+    judgment.values.extend(verdict.value for verdict in verdicts)
+    yield SearchTick(totals.iterations)
     judgment.chosen = max(range(len(branches)), key=lambda i: (judgment.values[i], -i))
     tokens = branches[judgment.chosen].tokens
     # the rows were sampled at their own temperature: the log-probabilities under the model come
     # from feeding the chosen answer, which only a request that asks for them pays for
     logprobs = (yield Append(tuple(tokens), params.logprobs)) if params.logprobs is not None else None
     yield Commit(tokens, "", logprobs=logprobs)
+
+
+def client_text(engine, request: GenerationRequest, tokens: list[int]) -> str:
+    """The text a client would receive for `tokens`: cut at stops and limits, as it is judged."""
+    draft = engine.new_answer(request)
+    draft.commit(tokens)
+    return draft.text
 
 
 STRATEGIES: dict[str, StrategyFactory] = {"self_check": self_check, "best_of_n": best_of_n}

@@ -2,7 +2,8 @@
 
 All rows share the cached state; each decode step feeds one token per live row into the same cache
 under a tree mask, so ten candidates of ten tokens cost ten forward calls of ten tokens each, and
-nothing of the shared prefix is copied or recomputed.
+nothing of the shared prefix is copied or recomputed. Rows may grow from different paths fed on top
+of the state as branches of their own (the leaves of one wave of the search), still in one loop.
 """
 from __future__ import annotations
 
@@ -50,20 +51,22 @@ def ends_with_any(tokenizer, ids: list[int], chars: str) -> bool:
 def grow_branches(
     runner: ModelRunner,
     cache: int,
+    layout: TreeLayout,
     start_logits: torch.Tensor,
     specs: list[RowSpec],
     generator: torch.Generator,
     end_ids: frozenset[int],
-    ends_with: Callable[[list[int], str], bool],
+    ends_with: Callable[[int, list[int], str], bool],
     totals: Optional[Totals] = None,
 ) -> list[Branch]:
-    """Decode every row from `start_logits` (the state's next-token logits) until its own end;
-    `ends_with(row_ids, chars)` says whether the text up to a row ends with one of `chars`. The
-    cache is left holding the branches' tokens: the caller truncates it back."""
-    layout = TreeLayout.shared_prefix(runner.cache_length(cache), runner.device)
+    """Decode every row until its own end. Row i is branch i of `layout`, which describes the cache
+    (a branch's parent, when the caller set one, is the path it grows from); `start_logits` [rows or
+    1, vocab] are the next-token logits where each row starts. `ends_with(row, row_ids, chars)` says
+    whether the text up to a row ends with one of `chars`. The cache is left holding the branches'
+    tokens: the caller truncates it back."""
     branches = [Branch() for _ in specs]
     live = [i for i, s in enumerate(specs) if s.max_len > 0]
-    logits = start_logits.view(1, -1).expand(len(live), -1)
+    logits = start_logits.expand(len(specs), -1)[live]
     while live:
         tokens, logprobs = _choose(logits, [specs[i] for i in live], generator)
         feed = []
@@ -73,7 +76,7 @@ def grow_branches(
             branch.logprob += logprob
             branch.ended = token in end_ids
             done = branch.ended or len(branch.tokens) >= spec.max_len
-            if not done and not (spec.stop_chars and ends_with(branch.tokens, spec.stop_chars)):
+            if not done and not (spec.stop_chars and ends_with(row, branch.tokens, spec.stop_chars)):
                 feed.append(row)
         if not feed:
             break

@@ -13,7 +13,6 @@ requests that its scheduler batches with every other request's.
 """
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import AsyncIterator, Generator, Iterator, Optional, Protocol, Union
 
@@ -95,7 +94,7 @@ OPERATIONS = (TopTokens, Grow, Judge, Embed, Append, Decode)
 class Session(Protocol):
     """One request's state on a backend."""
 
-    def run(self, op: Op) -> Result: ...
+    def run_all(self, ops: list[Op]) -> list[Result]: ...
 
     def close(self) -> None: ...
 
@@ -103,7 +102,7 @@ class Session(Protocol):
 class AsyncSession(Protocol):
     """One request's state on an asynchronous backend."""
 
-    async def run(self, op: Op) -> Result: ...
+    async def run_all(self, ops: list[Op]) -> list[Result]: ...
 
     async def aclose(self) -> None: ...
 
@@ -145,8 +144,8 @@ def answer(item: object, results: list[Result]) -> object:
 
 
 def drive(strategy: Strategy, session: Session) -> Iterator[Event]:
-    """Run a strategy on a backend session one operation at a time (the reference order), passing its
-    events on; closing this generator closes the strategy."""
+    """Run a strategy on a backend session, passing its events on: a single operation runs alone (the
+    reference order), several asked together run together; closing this generator closes the strategy."""
     try:
         result = None
         while True:
@@ -159,14 +158,13 @@ def drive(strategy: Strategy, session: Session) -> Iterator[Event]:
                 result = None
                 yield item
             else:
-                result = answer(item, [session.run(op) for op in ops])
+                result = answer(item, session.run_all(ops))
     finally:
         strategy.close()
 
 
 async def drive_async(strategy: Strategy, session: AsyncSession) -> AsyncIterator[Event]:
-    """`drive` on an asynchronous backend (vLLM): the operations of one request for several run with
-    asyncio.gather, so a wave's leaves are in the engine together."""
+    """`drive` on an asynchronous backend (vLLM), where operations asked together are in the engine together."""
     try:
         result = None
         while True:
@@ -179,6 +177,6 @@ async def drive_async(strategy: Strategy, session: AsyncSession) -> AsyncIterato
                 result = None
                 yield item
             else:
-                result = answer(item, list(await asyncio.gather(*map(session.run, ops))))
+                result = answer(item, await session.run_all(ops))
     finally:
         strategy.close()

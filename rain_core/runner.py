@@ -86,14 +86,17 @@ class ModelRunner:
 class TreeLayout:
     """Where each cache entry sits in the tree of branches grown on top of a shared prefix.
 
-    Entry j carries a branch tag (-1: shared by every branch) and a position id. A query row of
-    branch b sees entry j iff j is not after it and j is shared or also belongs to b, so branches of
-    any length can be fed side by side, several tokens each, in one forward call.
+    Entry j carries a branch tag (-1: shared by every branch) and a position id. A branch may have a
+    parent branch (`parents`): the tree of several paths, each with rows growing from its end. A query
+    row of branch b sees entry j iff j is not after it and j is shared or belongs to b or to one of
+    b's ancestors, so branches of any length can be fed side by side, several tokens each, in one
+    forward call.
     """
 
     device: torch.device
     tags: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
+    parents: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def shared_prefix(cls, length: int, device) -> "TreeLayout":
@@ -105,22 +108,74 @@ class TreeLayout:
     def truncate(self, length: int) -> None:
         del self.tags[length:], self.positions[length:]
 
+    def lineage(self, branch: int) -> set[int]:
+        """The tags a row of `branch` sees: its own, its ancestors' and the shared one."""
+        seen = {branch, -1}
+        while branch in self.parents:
+            branch = self.parents[branch]
+            seen.add(branch)
+        return seen
+
     def next_position(self, branch: int) -> int:
-        """Position id of the next token of `branch`: one after its last entry, or after the shared part."""
+        """Position id of the next token of `branch`: one after the last entry it sees."""
+        lineage = self.lineage(branch)
         for tag, pos in zip(reversed(self.tags), reversed(self.positions)):
-            if tag == branch or tag == -1:
+            if tag in lineage:
                 return pos + 1
         return 0
+
+    def add_sequences(self, sequences: list[list[int]], first_tag: int) -> "PrefixTree":
+        """Lay out token sequences that all start after the shared part as one prefix tree: a prefix
+        they have in common is one set of entries. Token node i is branch `first_tag - i`, its parent
+        the node before it; the caller appends the tree's entries (and may hang rows below its ends)."""
+        start = self.next_position(-1)
+        tree = PrefixTree()
+        nodes: dict[tuple[int, int], int] = {}  # (parent tag, token) -> tag
+        for sequence in sequences:
+            parent, last = -1, None
+            for depth, token in enumerate(sequence):
+                tag = nodes.get((parent, token))
+                if tag is None:
+                    tag = nodes[parent, token] = first_tag - len(nodes)
+                    self.parents[tag] = parent
+                    tree.ids.append(token)
+                    tree.tags.append(tag)
+                    tree.positions.append(start + depth)
+                    tree.entry[tag] = len(tree.ids) - 1
+                parent = tag
+                last = tree.entry[tag]
+            tree.last.append(last)
+            tree.branch.append(parent)
+        return tree
 
     def append(self, tags: list[int], positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Record new entries; return (position_ids [1, q], boolean mask [1, 1, q, total])."""
         start = len(self.tags)
         self.tags.extend(tags)
         self.positions.extend(positions)
-        all_tags = torch.tensor(self.tags, device=self.device)
-        query_tags = all_tags[start:].unsqueeze(1)
+        distinct = sorted(set(self.tags))
+        index = {tag: i for i, tag in enumerate(distinct)}
+        sees = torch.zeros(len(distinct), len(distinct), dtype=torch.bool)
+        for tag in set(tags):
+            for seen in self.lineage(tag):
+                if seen in index:
+                    sees[index[tag], index[seen]] = True
+        sees = sees.to(self.device)
+        key_tags = torch.tensor([index[t] for t in self.tags], device=self.device)
         keys = torch.arange(len(self.tags), device=self.device)
         queries = keys[start:].unsqueeze(1)
-        visible = (keys.unsqueeze(0) <= queries) & ((all_tags == -1).unsqueeze(0) | (all_tags.unsqueeze(0) == query_tags))
+        visible = (keys.unsqueeze(0) <= queries) & sees[key_tags[start:]][:, key_tags]
         position_ids = torch.tensor(positions, device=self.device).unsqueeze(0)
         return position_ids, visible[None, None]
+
+
+@dataclass
+class PrefixTree:
+    """Entries for token sequences laid out by `TreeLayout.add_sequences`, each distinct prefix once."""
+
+    ids: list[int] = field(default_factory=list)
+    tags: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    entry: dict[int, int] = field(default_factory=dict)  # a node's tag -> its index in the entries
+    last: list[Optional[int]] = field(default_factory=list)  # per sequence: index of its last token (None: empty)
+    branch: list[int] = field(default_factory=list)  # per sequence: its last node's tag (-1: empty)

@@ -26,6 +26,7 @@ from .runner import ModelRunner, TreeLayout
 from .template import Piece, pieces_ids, render_pieces, text_ids
 
 VERDICT_CACHE_SIZE = 4096
+ANSWER_TAG = -2  # answers judged together are branches ANSWER_TAG, ANSWER_TAG - 1, ...; their option orders 0, 1, ...
 _CONV, _ANSWER = "\x01", "\x02"
 
 
@@ -184,40 +185,49 @@ class EvalSession:
         self.runner.free_cache(self.cache)
 
     def evaluate(self, answer_text: str) -> SelfEvalResult:
-        known = self.verdicts.get(answer_text)
-        if known is not None:
-            return known
-        result = self._run(answer_text)
-        self.verdicts.keep(answer_text, result)
-        if self.totals is not None:
-            self.totals.self_evaluations += 1
-        return result
+        return self.evaluate_all([answer_text])[0]
 
-    def _run(self, answer_text: str) -> SelfEvalResult:
-        target = self.base + self.conversation_ids + answer_ids(self.ev.tokenizer, answer_text)
-        keep = _common_prefix(self.fed, target)
+    def evaluate_all(self, answer_texts: list[str]) -> list[SelfEvalResult]:
+        """Verdicts on several answers; those not judged before are judged in one forward call."""
+        new = [text for text in dict.fromkeys(answer_texts) if self.verdicts.get(text) is None]
+        if new:
+            for text, result in zip(new, self._run(new)):
+                self.verdicts.keep(text, result)
+            if self.totals is not None:
+                self.totals.self_evaluations += len(new)
+        return [self.verdicts.get(text) for text in answer_texts]
+
+    def _run(self, answer_texts: list[str]) -> list[SelfEvalResult]:
+        """The answers are fed side by side as one prefix tree on top of what the cache holds, each
+        option order a branch below its answer; the part they all share stays cached for the next
+        evaluation, which likely extends it."""
+        targets = [self.base + self.conversation_ids + answer_ids(self.ev.tokenizer, t) for t in answer_texts]
+        keep = _common_prefix(self.fed, *targets)
         self.runner.truncate(self.cache, keep)
         layout = TreeLayout.shared_prefix(keep, self.runner.device)
         shared, suffixes = self._split_suffixes()
-        new = target[keep:] + shared
-        tags, positions = [-1] * len(new), list(range(keep, keep + len(new)))
-        last_rows = []
-        for order, suffix in enumerate(suffixes):
-            tags += [order] * len(suffix)
-            positions += list(range(keep + len(new), keep + len(new) + len(suffix)))
-            last_rows.append(len(tags) - 1)
+        tree = layout.add_sequences([target[keep:] + shared for target in targets], ANSWER_TAG)
+        ids, tags, positions, last_rows = list(tree.ids), list(tree.tags), list(tree.positions), []
+        for answer, target in enumerate(targets):
+            start = len(target) + len(shared)
+            for order, suffix in enumerate(suffixes):
+                tag = answer * len(suffixes) + order
+                layout.parents[tag] = tree.branch[answer]
+                ids += suffix
+                tags += [tag] * len(suffix)
+                positions += range(start, start + len(suffix))
+                last_rows.append(len(tags) - 1)
         position_ids, mask = layout.append(tags, positions)
-        ids = torch.tensor(new + [t for s in suffixes for t in s])
         logits = self.runner.forward(
-            self.cache, ids, position_ids, mask, torch.tensor(last_rows), totals=self.totals
+            self.cache, torch.tensor(ids), position_ids, mask, torch.tensor(last_rows), totals=self.totals
         )
-        self.runner.truncate(self.cache, len(target))
-        self.fed = target
+        self.fed = targets[0][: _common_prefix(*targets)]
+        self.runner.truncate(self.cache, len(self.fed))
         logprobs = torch.log_softmax(logits, dim=-1)
-        options = torch.tensor(self.ev.layout.options, device=logprobs.device)  # [orders, 2]
+        options = torch.tensor(self.ev.layout.options, device=logprobs.device).repeat(len(targets), 1)
         rows = torch.arange(len(last_rows), device=logprobs.device)
-        log_odds = (logprobs[rows, options[:, 0]] - logprobs[rows, options[:, 1]]).tolist()
-        return SelfEvalResult(combine(log_odds, self.ev.cfg.score), log_odds)
+        log_odds = (logprobs[rows, options[:, 0]] - logprobs[rows, options[:, 1]]).view(len(targets), -1).tolist()
+        return [SelfEvalResult(combine(lo, self.ev.cfg.score), lo) for lo in log_odds]
 
     def _split_suffixes(self) -> tuple[list[int], list[list[int]]]:
         n = self.ev.layout.shared_suffix

@@ -200,6 +200,10 @@ class VllmSession:
         self.closed = False
 
     # the session -------------------------------------------------------------------------------
+    async def run_all(self, ops: list[Op]) -> list[Result]:
+        """Several operations at once: all of them are in the engine together."""
+        return list(await asyncio.gather(*map(self.run, ops)))
+
     async def run(self, op: Op) -> Result:
         if self.closed:
             raise SessionClosed("the session is closed")

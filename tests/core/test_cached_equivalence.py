@@ -4,9 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rain_core.backends.transformers import TransformersSession
 from rain_core.branches import RowSpec, grow_branches
 from rain_core.config import EvaluatorConfig, GenerationRequest, RainConfig, SamplingParams
-from rain_core.events import Commit, Finish
+from rain_core.events import Commit, Finish, Totals
+from rain_core.ops import Grow, Judge, TopTokens
 from rain_core.runner import TreeLayout
 from rain_core.sampling import filtered_probs, make_generator
 from rain_core.selfeval import combine
@@ -48,8 +50,9 @@ def test_candidates_and_simulation_logprobs_match_full_recompute(tiny_engine):
     runner.forward(cache, torch.tensor(prompt))
     start = runner.forward(cache, torch.tensor(path))[-1]
     specs = [RowSpec(6, greedy=True, top_k=15)] + [RowSpec(6, top_k=15)] * 9 + [RowSpec(12, stop_chars=",.")]
-    branches = grow_branches(runner, cache, start, specs, make_generator(0, runner.device),
-                             tiny_engine.end_ids, lambda ids, chars: False)
+    layout = TreeLayout.shared_prefix(runner.cache_length(cache), runner.device)
+    branches = grow_branches(runner, cache, layout, start.view(1, -1), specs, make_generator(0, runner.device),
+                             tiny_engine.end_ids, lambda row, ids, chars: False)
     assert runner.cache_length(cache) > len(prompt) + len(path)  # branches were appended side by side
     for spec, branch in zip(specs, branches):
         expected = 0.0
@@ -62,6 +65,78 @@ def test_candidates_and_simulation_logprobs_match_full_recompute(tiny_engine):
         assert abs(branch.logprob - expected) < TOLERANCE * len(branch.tokens)
     assert len({tuple(b.tokens) for b in branches[:10]}) > 1  # the sampled rows really sample
     runner.free_cache(cache)
+
+
+def test_paths_fed_together_form_one_prefix_tree():
+    layout = TreeLayout.shared_prefix(2, "cpu")
+    tree = layout.add_sequences([[3, 4, 5], [3, 4, 9], [7], []], first_tag=-2)
+    assert tree.ids == [3, 4, 5, 9, 7]  # the shared 3, 4 once
+    assert tree.positions == [2, 3, 4, 4, 2]
+    assert tree.last == [2, 3, 4, None] and tree.branch[3] == -1
+    layout.parents[0] = tree.branch[1]  # a row grown below the second path
+    _, mask = layout.append(tree.tags + [0], tree.positions + [5])
+    seen = mask[0, 0].int().tolist()
+    assert seen == [
+        [1, 1, 1, 0, 0, 0, 0, 0],  # 3
+        [1, 1, 1, 1, 0, 0, 0, 0],  # 3 4
+        [1, 1, 1, 1, 1, 0, 0, 0],  # 3 4 5
+        [1, 1, 1, 1, 0, 1, 0, 0],  # 3 4 9: not 5
+        [1, 1, 0, 0, 0, 0, 1, 0],  # 7: only the shared state
+        [1, 1, 1, 1, 0, 1, 0, 1],  # the row: 3 4 9 and itself
+    ]
+
+
+def wave_session(engine, rain=RainConfig()):
+    request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=16, seed=0), rain)
+    prompt = engine.request_ids(request)
+    return TransformersSession(engine, request, prompt, make_generator(0, engine.device), Totals(), []), prompt
+
+
+def test_a_wave_of_grows_decodes_every_row_below_its_own_path_as_full_recompute_would(tiny_engine):
+    session, prompt = wave_session(tiny_engine)
+    paths = [(3, 4, 5), (3, 4, 9), (7,), ()]
+    specs = (RowSpec(5, greedy=True, top_k=15), RowSpec(5, top_k=15), RowSpec(8, stop_chars=",."))
+    grown = session.run_all([Grow(path, specs) for path in paths])
+    assert tiny_engine.runner.cache_length(session.cache) == len(prompt)  # every path and row truncated back
+    for path, branches in zip(paths, grown):
+        assert len(branches) == len(specs)
+        for spec, branch in zip(specs, branches):
+            expected = 0.0
+            for t, token in enumerate(branch.tokens):
+                logits = full_logprobs(tiny_engine, prompt + list(path) + branch.tokens[:t])
+                probs = filtered_probs(logits.unsqueeze(0), spec.temperature, spec.top_k)[0]
+                if spec.greedy:
+                    assert token == int(probs.argmax())
+                expected += float(probs[token].log())
+            assert abs(branch.logprob - expected) < TOLERANCE * len(branch.tokens)
+    ranked = session.run_all([TopTokens(path, 5) for path in paths])
+    for path, top in zip(paths, ranked):
+        expected = full_logprobs(tiny_engine, prompt + list(path)).exp().topk(5)
+        assert top.ids == expected.indices.tolist()
+        assert max(abs(a - b) for a, b in zip(top.probs, expected.values.tolist())) < TOLERANCE
+    session.close()
+
+
+def test_a_wave_of_judgments_is_one_forward_call_and_matches_judging_one_at_a_time(tiny_engine):
+    answers = ["Sure, first you", "Sure, first you need a tension wrench.", "I can't help with that.", "Sure, first you"]
+    session, _ = wave_session(tiny_engine)
+    alone = [session.run(Judge(a)) for a in answers[:3]]
+    session.close()
+    session, _ = wave_session(tiny_engine)
+    session.run(Judge("Hello"))  # the judge's session holds another answer's tokens when the wave comes
+    calls, judged = session.totals.forward_calls, session.totals.self_evaluations
+    together = session.run_all([Judge(a) for a in answers])
+    assert session.totals.forward_calls == calls + 1
+    assert session.totals.self_evaluations == judged + 3  # the repeated answer is judged once
+    assert together[3] is together[0]
+    for one, many in zip(alone, together):
+        assert max(abs(a - b) for a, b in zip(one.log_odds, many.log_odds)) < TOLERANCE
+    again = session.run(Judge("Sure, first you need a tension wrench. Then"))  # on what the wave left cached
+    fresh, _ = wave_session(tiny_engine)
+    expected = fresh.run(Judge("Sure, first you need a tension wrench. Then"))
+    assert max(abs(a - b) for a, b in zip(again.log_odds, expected.log_odds)) < TOLERANCE
+    session.close()
+    fresh.close()
 
 
 @pytest.mark.parametrize("prompt", ["chat", "yesno"])
