@@ -7,9 +7,9 @@ events of the generation (commits and ticks), which receive None. It never holds
 or an engine. Every operation is relative to the request's state: the prompt plus the sets
 committed so far (`Append` grows it); a `path` adds tokens on top without committing them.
 
-`Session` is what a backend implements for one request: the transformers backend executes each
-operation in order on a KV cache (exact, the reference), the vLLM backend turns them into engine
-requests that its scheduler batches with every other request's.
+`Session` is what a backend implements for one request: the transformers backend executes the
+operations on a KV cache (exact, the reference; the operations of one list share their model calls),
+the vLLM backend turns them into engine requests that its scheduler batches with every other request's.
 """
 from __future__ import annotations
 
