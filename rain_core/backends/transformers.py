@@ -73,9 +73,8 @@ class TransformersSession:
 
     # operations --------------------------------------------------------------------------------
     def _top_tokens_all(self, ops: list[TopTokens]) -> list[Ranked]:
-        logits = torch.stack(self._logits_at_all([op.path for op in ops]))
         ranked = []
-        for op, row in zip(ops, logits):
+        for op, row in zip(ops, self._logits_at_all([op.path for op in ops])):
             probs, ids = torch.softmax(row, -1).topk(op.k)
             ranked.append(Ranked(ids.tolist(), probs.tolist()))
         return ranked
