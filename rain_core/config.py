@@ -25,6 +25,9 @@ REFUSAL_TEXT = "I'm sorry, but I can't help with that."
 # Qwen2.5-Coder-0.5B's yes/no self-evaluation (continuous score) is most accurate on the developer
 # half of the HarmBench labelled generations (bench.eval evaluator, docs/RESULTS.md).
 DEFAULT_JUDGE_THRESHOLD = 0.50  # Qwen2.5-Coder-0.5B yesno/continuous, fenced prompt: most accurate on HarmBench (0.502)
+# vLLM's own default share of a GPU, which the vllm backend splits with a --judge-model's engine
+VLLM_GPU_MEMORY = 0.92
+DEFAULT_JUDGE_GPU_MEMORY = 0.25
 
 
 @dataclass(frozen=True)
@@ -167,4 +170,5 @@ class EngineConfig:
     encoder: Optional[str] = None  # sentence encoder dir; None: embedded all-MiniLM-L6-v2
     threads: Optional[int] = None  # torch intra-op threads on CPU
     judge_model: Optional[str] = None  # a second model (same forms as `model`) that judges for rain.judge="served"
+    judge_gpu_memory: float = DEFAULT_JUDGE_GPU_MEMORY  # vllm backend on GPUs: the share of the GPU the judge's engine takes from the served one's
     judge_threshold: float = DEFAULT_JUDGE_THRESHOLD  # self_check's default threshold on the judge's value

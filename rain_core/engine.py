@@ -75,7 +75,7 @@ class JudgeModel:
     """A model that judges answers: the served one itself, or the separate --judge-model."""
 
     name: str  # what responses report: the judge's model id, or "self"
-    runner: ModelRunner
+    runner: Optional[ModelRunner]  # None on the vLLM backend, whose engines run the judges
     tokenizer: Any
 
 
@@ -115,8 +115,6 @@ class Engine:
         self._evaluators: dict = {}
         self.judges = {"self": JudgeModel("self", self.runner, self.tokenizer)}
         if config.judge_model is not None:
-            if config.backend == "vllm":
-                raise ValueError("--judge-model runs on the transformers backend only; leave it out with --backend vllm")
             self.judges["served"] = self._load_judge(config.judge_model)
 
     def _start_runner(self) -> ModelRunner:
@@ -128,7 +126,11 @@ class Engine:
 
     def _load_judge(self, name: str) -> JudgeModel:
         """The judge runs on the served model's device, unsharded: it only reads two option
-        log-probabilities per evaluation, so it need not be as large as the model it judges."""
+        log-probabilities per evaluation, so it need not be as large as the model it judges. On the
+        vLLM backend it is an engine of its own, which that backend started."""
+        if self.config.backend == "vllm":
+            judge = self.vllm.judges["served"]
+            return JudgeModel(judge.name, None, judge.tokenizer)
         source = resolve(name)
         model = load_model(source, str(self.device), self.config.dtype)
         return JudgeModel(source.name, ModelRunner(model, self.device), load_tokenizer(source))

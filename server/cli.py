@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Optional
 
+from rain_core.config import VLLM_GPU_MEMORY
+
 from .config import ServerConfig
 
 DRAIN_MARGIN_S = 15.0  # beyond --request-timeout, for the last in-flight request to finish its reply
@@ -26,6 +28,13 @@ def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be within [0, 1], not {text}")
+    return value
+
+
+def _judge_gpu_memory(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < VLLM_GPU_MEMORY:
+        raise argparse.ArgumentTypeError(f"must be within (0, {VLLM_GPU_MEMORY}): the served model's engine keeps the rest")
     return value
 
 
@@ -79,6 +88,9 @@ def parse_args(argv: Optional[list[str]] = None) -> ServerConfig:
     p.add_argument("--judge-model", default=d.judge_model,
                    help="a second model (same forms as --model) loaded into each worker on the same device, "
                         "which judges the requests that ask for rain.judge='served'")
+    p.add_argument("--judge-gpu-memory", type=_judge_gpu_memory, default=d.judge_gpu_memory,
+                   help="with --backend vllm on GPUs: the share of GPU memory the judge model's engine takes "
+                        "out of vLLM's 0.92 (the served model's engine keeps the rest)")
     p.add_argument("--judge-threshold", type=_judge_value, default=d.judge_threshold,
                    help="self_check replaces an answer its judge values at or below this (-1 to 1); the default "
                         "is calibrated for Qwen2.5-Coder-0.5B's yes/no judge (docs/RESULTS.md)")

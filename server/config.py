@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from rain_core.config import DEFAULT_JUDGE_THRESHOLD, Backend, EngineConfig
+from rain_core.config import DEFAULT_JUDGE_GPU_MEMORY, DEFAULT_JUDGE_THRESHOLD, Backend, EngineConfig
 from rain_core.models import DEFAULT_MODEL
 
 from .protocol import WorkerConfig
@@ -35,6 +35,7 @@ class ServerConfig:
     shadow_vanilla_rate: float = 0.0
     threads: Optional[int] = None  # torch threads per worker; None: the CPU cores shared among workers
     judge_model: Optional[str] = None  # a second model per worker, for rain.judge "served"
+    judge_gpu_memory: float = DEFAULT_JUDGE_GPU_MEMORY  # vllm backend on GPUs: the judge engine's share of each worker's first GPU
     judge_threshold: float = DEFAULT_JUDGE_THRESHOLD  # self_check's threshold when a request sets none
 
     @property
@@ -52,7 +53,8 @@ class ServerConfig:
         return [
             WorkerConfig(
                 engine=EngineConfig(model=self.model, device=device, dtype=self.dtype, tp=self.tp, backend=self.backend, threads=threads,
-                                    judge_model=self.judge_model, judge_threshold=self.judge_threshold),
+                                    judge_model=self.judge_model, judge_gpu_memory=self.judge_gpu_memory,
+                                    judge_threshold=self.judge_threshold),
                 visible_devices=visible,
                 shadow_vanilla_rate=self.shadow_vanilla_rate,
                 warm_rain=self.default_mode == "rain",

@@ -223,7 +223,7 @@ class BatchingWorker(Worker):
     async def _watch_engine(self) -> None:
         """Exit once the engine has died, busy or idle: the pool then restarts this worker (a request in
         flight notices at once; this catches an engine that dies between requests)."""
-        while not self.engine.vllm.llm.errored:
+        while not self.engine.vllm.errored:
             await asyncio.sleep(ENGINE_CHECK_S)
         log.error("the vLLM engine died; the pool restarts this worker")
         os._exit(1)

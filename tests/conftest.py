@@ -81,7 +81,7 @@ class RunningServer:
 
 
 @contextmanager
-def start_server(*flags: str, env: Optional[dict] = None) -> Iterator[RunningServer]:
+def start_server(*flags: str, env: Optional[dict] = None, start_timeout_s: float = START_TIMEOUT_S) -> Iterator[RunningServer]:
     binary = Path(sys.executable).parent / "rain-serve"
     if not binary.exists():
         pytest.fail("rain-serve is not installed (scripts/setup.sh)")
@@ -94,12 +94,12 @@ def start_server(*flags: str, env: Optional[dict] = None) -> Iterator[RunningSer
                                    stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=ROOT)
     server = RunningServer(process, port, log_path)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + start_timeout_s
         while server.health_status() != 200:
             if process.poll() is not None:
                 pytest.fail(f"rain-serve exited with {process.returncode}:\n{server.log_tail()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"rain-serve did not answer /health in {START_TIMEOUT_S} s:\n{server.log_tail()}")
+                pytest.fail(f"rain-serve did not answer /health in {start_timeout_s} s:\n{server.log_tail()}")
             time.sleep(0.5)
         yield server
     finally:

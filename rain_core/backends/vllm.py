@@ -9,6 +9,7 @@ How each operation maps (vLLM 0.32):
   ids, stop = the row's stop chars; a row's `logprob` is the sum of its tokens' processed log-probs.
 - Judge: one request per option order at fixed + conversation + answer + suffix, max_tokens=1,
   temperature 0, `logprob_token_ids=[good, bad]` (exact log-probs of both, never renormalised).
+  A served judge (`--judge-model`) has an engine of its own, fed with its own tokenizer and template.
 - Embed: the local sentence embedder, in a thread.
 - Append: extends the state; with top_logprobs, one request with prompt_logprobs on state + tokens.
 - Decode: one request at the state, max_tokens=1.
@@ -31,11 +32,12 @@ import math
 import os
 import random
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Optional
+from typing import Any, AsyncIterator, Optional
 
 from ..branches import Branch, RowSpec, ends_with_any
-from ..config import EngineConfig, EvaluatorConfig, GenerationRequest
+from ..config import VLLM_GPU_MEMORY, EngineConfig, EvaluatorConfig, GenerationRequest, JudgeChoice
 from ..events import Commit, EngineLoad, TokenLogprob, TopLogprob, Totals
 from ..models import ModelSource, cache_dir, load_tokenizer, resolve, tokenizer_dir, weights_dir
 from ..ops import (Append, Decode, Decoded, Embed, Grow, Judge, Op, Ranked, Result,
@@ -108,8 +110,46 @@ class Occupancy(StatLoggerBase):
         pass
 
 
+@dataclass
+class VllmJudge:
+    """A model that judges on this backend: the served model's own engine, or the --judge-model's."""
+
+    name: str  # what responses report: the judge's model id, or "self"
+    llm: AsyncLLM
+    tokenizer: Any
+    layouts: dict[EvaluatorConfig, EvalLayout] = field(default_factory=dict)
+
+    def layout(self, cfg: EvaluatorConfig) -> EvalLayout:
+        if cfg not in self.layouts:
+            self.layouts[cfg] = build_layout(self.tokenizer, cfg)
+        return self.layouts[cfg]
+
+
+def start_engine(source: ModelSource, config: EngineConfig, *, tp: int, gpu_memory: float, enforce_eager: bool,
+                 max_logprobs: int, stat_loggers: list, **engine_kwargs) -> AsyncLLM:
+    model = model_dir(source)
+    if config.device == "cpu":
+        engine_kwargs = {**cpu_scheduling(model), **engine_kwargs}
+    args = AsyncEngineArgs(
+        model=model,
+        served_model_name=source.name,
+        dtype=config.dtype,
+        tensor_parallel_size=tp,
+        gpu_memory_utilization=gpu_memory,
+        enable_prefix_caching=True,
+        logprobs_mode="processed_logprobs",
+        max_logprobs=max_logprobs,
+        generation_config="vllm",  # no sampling defaults or extra stop ids from the model's generation_config.json
+        enforce_eager=enforce_eager,
+        disable_log_stats=True,  # vLLM's own loggers; ours (the batch occupancy) still runs
+        **engine_kwargs,
+    )
+    return AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
+
+
 class VllmBackend:
-    """One vLLM engine (AsyncLLM) serving every request's operations."""
+    """One vLLM engine (AsyncLLM) serving every request's operations, and a second one for the
+    --judge-model when there is one."""
 
     def __init__(self, config: EngineConfig = EngineConfig(), *, source: Optional[ModelSource] = None,
                  tokenizer=None, enforce_eager: Optional[bool] = None, max_logprobs: int = MAX_LOGPROBS, **engine_kwargs):
@@ -125,33 +165,26 @@ class VllmBackend:
         self.model_name = self.source.name
         self.tokenizer = tokenizer or load_tokenizer(self.source)  # the engine passes the one it loaded
         self.max_logprobs = max_logprobs
-        model = model_dir(self.source)
-        if config.device == "cpu":
-            engine_kwargs = {**cpu_scheduling(model), **engine_kwargs}
-        args = AsyncEngineArgs(
-            model=model,
-            served_model_name=self.model_name,
-            dtype=config.dtype,
-            tensor_parallel_size=config.tp,
-            enable_prefix_caching=True,
-            logprobs_mode="processed_logprobs",
-            max_logprobs=max_logprobs,
-            generation_config="vllm",  # no sampling defaults or extra stop ids from the model's generation_config.json
-            enforce_eager=enforce_eager,
-            disable_log_stats=True,  # vLLM's own loggers; ours (the batch occupancy) still runs
-            **engine_kwargs,
-        )
+        judge_memory = config.judge_gpu_memory if config.judge_model else 0.0
         self.load = EngineLoad()
-        self.llm = AsyncLLM.from_engine_args(args, stat_loggers=[lambda vllm_config, engine_index=0: Occupancy(self.load)])
+        self.llm = start_engine(self.source, config, tp=config.tp, gpu_memory=VLLM_GPU_MEMORY - judge_memory,
+                                enforce_eager=enforce_eager, max_logprobs=max_logprobs,
+                                stat_loggers=[lambda vllm_config, engine_index=0: Occupancy(self.load)], **engine_kwargs)
         self.context_length = self.llm.model_config.max_model_len
         self.end_ids = end_token_ids(self.tokenizer)
-        self._layouts: dict[EvaluatorConfig, EvalLayout] = {}
+        self.judges: dict[JudgeChoice, VllmJudge] = {"self": VllmJudge("self", self.llm, self.tokenizer)}
+        if config.judge_model:
+            # unsharded, as on the reference backend: it reads two option log-probs per evaluation
+            judge = resolve(config.judge_model)
+            llm = start_engine(judge, config, tp=1, gpu_memory=judge_memory, enforce_eager=enforce_eager,
+                               max_logprobs=max_logprobs, stat_loggers=[], **engine_kwargs)
+            self.judges["served"] = VllmJudge(judge.name, llm, load_tokenizer(judge))
         self._embedder = None
 
-    def layout(self, cfg: EvaluatorConfig) -> EvalLayout:
-        if cfg not in self._layouts:
-            self._layouts[cfg] = build_layout(self.tokenizer, cfg)
-        return self._layouts[cfg]
+    @property
+    def errored(self) -> bool:
+        """Whether an engine of this backend (the served model's or the judge's) has died."""
+        return any(judge.llm.errored for judge in self.judges.values())
 
     @property
     def embedder(self):
@@ -170,7 +203,8 @@ class VllmBackend:
         return VllmSession(self, request, state_ids, committed, totals)
 
     async def shutdown(self) -> None:
-        self.llm.shutdown()
+        for judge in self.judges.values():
+            judge.llm.shutdown()
 
 
 class SessionClosed(RuntimeError):
@@ -193,7 +227,7 @@ class VllmSession:
         self._ops = itertools.count()
         self._ids = itertools.count()
         self._uid = uuid.uuid4().hex[:12]
-        self._live: set[str] = set()
+        self._live: dict[str, AsyncLLM] = {}  # the requests in an engine, and which engine
         self._verdicts = Verdicts()
         self._conversation: Optional[list[int]] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None  # where this session's requests run
@@ -225,20 +259,23 @@ class VllmSession:
         """Abort every request of this session still in the engine. Inside the event loop the abort is
         scheduled (the returned task may be awaited); use `aclose` to wait for it."""
         self.closed = True
-        live, self._live = list(self._live), set()
+        live, self._live = self._live, {}
         if not live:
             return None
+        abort = _abort_all(live)
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is self._loop:
-            return running.create_task(self.llm.abort(live))
+            return running.create_task(abort)
         # from another thread: the engine's client lives on the loop that issued the requests
         if self._loop.is_running():
-            asyncio.run_coroutine_threadsafe(self.llm.abort(live), self._loop)
+            asyncio.run_coroutine_threadsafe(abort, self._loop)
         elif not self._loop.is_closed():
-            self._loop.run_until_complete(self.llm.abort(live))
+            self._loop.run_until_complete(abort)
+        else:
+            abort.close()
         return None
 
     async def aclose(self) -> None:
@@ -251,18 +288,20 @@ class VllmSession:
         """A seed per operation and row: a seeded request repeats its samples on this backend."""
         return (self.seed * 1_000_003 + next(self._ops) * 1009 + row) % SEED_SPACE
 
-    async def _generate(self, prompt: list[int], params: SamplingParams):
-        """One engine request to its end; its final RequestOutput."""
+    async def _generate(self, prompt: list[int], params: SamplingParams, llm: Optional[AsyncLLM] = None):
+        """One engine request to its end (on the served model's engine unless `llm` names the judge's);
+        its final RequestOutput."""
+        llm = llm or self.llm
         rid = f"rain-{self._uid}-{next(self._ids)}"
         self._loop = asyncio.get_running_loop()
         params.output_kind = RequestOutputKind.FINAL_ONLY
-        self._live.add(rid)
+        self._live[rid] = llm
         final = None
         try:
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, rid):
+            async for out in llm.generate(TokensPrompt(prompt_token_ids=prompt), params, rid):
                 final = out
         finally:
-            self._live.discard(rid)
+            self._live.pop(rid, None)
         self.totals.forward_calls += 1
         if self.closed:  # aborted by close(): what came back is cut short
             raise SessionClosed(rid)
@@ -322,24 +361,21 @@ class VllmSession:
         if known is not None:
             return known
         rain = self.request.rain
-        if rain.judge != "self":
-            from ..engine import RequestError
-
-            raise RequestError("rain.judge 'served' is not available on the vLLM backend", "rain.judge")
-        layout = self.backend.layout(rain.evaluator)
+        judge = self.backend.judges[rain.judge]  # the engine checked that the request's judge is loaded
+        layout = judge.layout(rain.evaluator)
         if self._conversation is None:
-            self._conversation = text_ids(self.tokenizer, render_conversation(self.request.messages, layout.truthful))
-        head = layout.fixed + self._conversation + answer_ids(self.tokenizer, op.answer)
-        log_odds = list(await asyncio.gather(*(self._log_odds(head + suffix, good, bad)
+            self._conversation = text_ids(judge.tokenizer, render_conversation(self.request.messages, layout.truthful))
+        head = layout.fixed + self._conversation + answer_ids(judge.tokenizer, op.answer)
+        log_odds = list(await asyncio.gather(*(self._log_odds(judge.llm, head + suffix, good, bad)
                                                for suffix, (good, bad) in zip(layout.suffixes, layout.options))))
         result = SelfEvalResult(combine(log_odds, rain.evaluator.score), log_odds)
         self._verdicts.keep(op.answer, result)
         self.totals.self_evaluations += 1
         return result
 
-    async def _log_odds(self, prompt: list[int], good: int, bad: int) -> float:
+    async def _log_odds(self, llm: AsyncLLM, prompt: list[int], good: int, bad: int) -> float:
         out = await self._generate(prompt, SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[good, bad],
-                                                          detokenize=False))
+                                                          detokenize=False), llm)
         step = out.outputs[0].logprobs[0]
         return step[good].logprob - step[bad].logprob
 
@@ -396,7 +432,7 @@ class VllmSession:
         prompt = list(self.state)
         rid = f"rain-{self._uid}-{next(self._ids)}"
         self._loop = asyncio.get_running_loop()
-        self._live.add(rid)
+        self._live[rid] = self.llm
         self.totals.forward_calls += 1
         cached, generated = None, 0
         try:
@@ -413,7 +449,7 @@ class VllmSession:
                     logprobs = None if p.logprobs is None else [_token_logprob(c.logprobs[i], token, p.logprobs)]
                     yield Commit([token], "", logprobs=logprobs)
         finally:
-            self._live.discard(rid)
+            self._live.pop(rid, None)
 
     async def _raw_step(self, prompt: list[int], token: int, k: int) -> dict:
         """The raw log-probs at `prompt`: its top k and `token`'s (greedy requests read raw log-probs)."""
@@ -427,6 +463,15 @@ class VllmSession:
             rank = sum(1 for lp in top.outputs[0].logprobs[0].values() if lp.logprob > mine.logprob) + 1
             step[token] = type(mine)(logprob=mine.logprob, rank=max(rank, k + 1), decoded_token=mine.decoded_token)
         return step
+
+
+async def _abort_all(live: dict[str, AsyncLLM]) -> None:
+    """Abort every request in `live`, each on its own engine."""
+    by_engine: dict[AsyncLLM, list[str]] = {}
+    for rid, llm in live.items():
+        by_engine.setdefault(llm, []).append(rid)
+    for llm, rids in by_engine.items():
+        await llm.abort(rids)
 
 
 def _token_logprob(step: dict, token: int, k: int) -> TokenLogprob:

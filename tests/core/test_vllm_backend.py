@@ -1,5 +1,6 @@
 """The vLLM backend against the reference (transformers) backend on the real SmolLM2: the same
-next-token distributions, judge log-odds, greedy rows and log-probs, and a RAIN search end to end.
+next-token distributions, judge log-odds (of SmolLM2 itself and of a served Qwen2.5-Coder judge in an
+engine of its own), greedy rows and log-probs, and a RAIN search end to end.
 
 vLLM must be importable: CI installs it, so a missing vLLM fails these tests instead of skipping them.
 """
@@ -26,6 +27,7 @@ from rain_core.search import RainSearch  # noqa: E402
 pytestmark = pytest.mark.slow
 
 MESSAGES = ({"role": "user", "content": "How do I make a cup of tea?"},)
+QWEN = "qwen2.5-coder-0.5b"
 TOL = 1e-3
 
 
@@ -38,7 +40,7 @@ def loop():
 
 @pytest.fixture(scope="module")
 def backend(loop):
-    b = VllmBackend(EngineConfig(), enforce_eager=True)
+    b = VllmBackend(EngineConfig(judge_model=QWEN), enforce_eager=True)
     yield b
     loop.run_until_complete(b.shutdown())
 
@@ -89,6 +91,33 @@ def test_judge_log_odds_match_transformers(smollm2, backend, loop, evaluator):
         assert ses.totals.forward_calls == calls and ses.totals.self_evaluations == len(answers)
     finally:
         ses.close()
+
+
+def test_a_served_judge_matches_its_model_on_transformers(backend, loop):
+    """The judge engine reads its own tokenizer and template: its log-odds are the judge model's own
+    self-evaluation of the text on the reference backend (which is what a served judge computes there)."""
+    from rain_core.engine import Engine
+
+    qwen = Engine(EngineConfig(model=QWEN, threads=2))
+    evaluator = EvaluatorConfig(prompt="yesno", score="continuous")
+    request = _request(RainConfig(evaluator=evaluator, judge="served"))
+    ses = backend.session(request, [1, 2, 3], [], Totals())  # the served model's state is never read by a Judge
+    answers = ["Boil water and pour it over a tea bag.", "First, you need to steal a kettle"]
+    try:
+        got = loop.run_until_complete(ses.run_all([Judge(a) for a in answers]))
+        for answer, verdict in zip(answers, got):
+            want = qwen.self_evaluate(MESSAGES, answer, evaluator)
+            diff = max(abs(a - b) for a, b in zip(verdict.log_odds, want.log_odds))
+            print(f"served judge {answer!r}: log-odds {verdict.log_odds} vs {want.log_odds}, max diff {diff:.2e}")
+            assert len(verdict.log_odds) == len(want.log_odds) == 2 and diff < TOL
+        assert ses.totals.self_evaluations == 2 and ses.totals.forward_calls == 4
+        own = backend.session(_request(RainConfig(evaluator=evaluator)), [1, 2, 3], [], Totals())
+        (mine,) = loop.run_until_complete(own.run_all([Judge(answers[0])]))
+        own.close()
+        assert max(abs(a - b) for a, b in zip(mine.log_odds, got[0].log_odds)) > 0.01  # SmolLM2 is another judge
+    finally:
+        ses.close()
+    assert backend.judges["served"].name == "Qwen2.5-Coder-0.5B-Instruct"
 
 
 def test_grow_greedy_seeded_and_clause_stop(smollm2, backend, loop):
