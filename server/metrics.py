@@ -32,7 +32,8 @@ class Metrics:
                                   "RAIN request cost / a vanilla answer's: compute seconds on the transformers backend, "
                                   "engine tokens computed on the vllm backend (README, Overhead)", ["model"],
                                   buckets=RATIOS, registry=r)
-        self.engine_steps = Counter("rain_engine_steps", "Engine steps (forward passes)", ["model"], registry=r)
+        self.engine_steps = Counter("rain_engine_steps", "Engine steps (forward passes), by the model the engine runs "
+                                    "(on the vllm backend a --judge-model's engine has series of its own)", ["model"], registry=r)
         self.engine_rows = Counter("rain_engine_batch_rows", "Sequences computed, summed over engine steps: "
                                    "rate(rain_engine_batch_rows_total) / rate(rain_engine_steps_total) is the batch "
                                    "occupancy", ["model"], registry=r)
@@ -71,10 +72,10 @@ class Metrics:
         self.prompt_tokens.labels(mode, self.model).inc(totals.prompt_tokens)
         self.completion_tokens.labels(mode, self.model).inc(totals.completion_tokens)
         self.commits.labels(mode, self.model).inc(totals.commits)
-        if done.engine_load is not None:
-            self.engine_steps.labels(self.model).inc(done.engine_load.steps)
-            self.engine_rows.labels(self.model).inc(done.engine_load.rows)
-            self.engine_tokens.labels(self.model).inc(done.engine_load.tokens)
+        for engine_model, load in (done.engine_loads or {}).items():
+            self.engine_steps.labels(engine_model).inc(load.steps)
+            self.engine_rows.labels(engine_model).inc(load.rows)
+            self.engine_tokens.labels(engine_model).inc(load.tokens)
         if mode == "rain":
             self.iterations.labels(self.model).inc(totals.iterations)
             self.self_evaluations.labels(self.model).inc(totals.self_evaluations)

@@ -77,7 +77,7 @@ class Done:
     vanilla_estimate_s: Optional[float] = None  # vanilla decoding of the same prompt and output length
     overhead_ratio: Optional[float] = None  # compute_s / vanilla_estimate_s, RAIN only
     judgment: Optional[Judgment] = None  # strategy and judge of a searched or judged request
-    engine_load: Optional[EngineLoad] = None  # the worker's engine steps since its previous Done
+    engine_loads: Optional[dict[str, EngineLoad]] = None  # the worker's engine steps since its previous Done, by model id
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,7 @@ class Worker:
             self._maybe_shadow(job.request, totals.completion_tokens)
         if job.id is not None:
             self.send(Done(job.id, finish.finish_reason, totals, job.compute_s, estimate, ratio, finish.judgment,
-                           self._engine_load(totals)))
+                           self._engine_loads(totals)))
 
     def _overhead(self, job: Job, totals: Totals) -> tuple[Optional[float], Optional[float]]:
         """(vanilla estimate, ratio): this request's compute seconds over what vanilla decoding would
@@ -182,10 +182,10 @@ class Worker:
         estimate = self.speed.estimate(totals.prompt_tokens + resumed, totals.completion_tokens - resumed)
         return estimate, job.compute_s / estimate if estimate else None
 
-    def _engine_load(self, totals: Totals) -> EngineLoad:
-        """One request per forward here: this request's forwards are the steps since the last Done that
-        served clients (a cancelled request's are not counted)."""
-        return EngineLoad(totals.forward_calls, totals.forward_calls, totals.tokens_fed)
+    def _engine_loads(self, totals: Totals) -> dict[str, EngineLoad]:
+        """One request per forward here: this request's forwards, a served judge's among them, are the
+        steps since the last Done that served clients (a cancelled request's are not counted)."""
+        return {self.engine.model_name: EngineLoad(totals.forward_calls, totals.forward_calls, totals.tokens_fed)}
 
     def _maybe_shadow(self, request: GenerationRequest, completion_tokens: int) -> None:
         """Re-decode a sampled RAIN request with vanilla decoding, to keep the speed estimate fresh
@@ -288,6 +288,7 @@ class BatchingWorker(Worker):
     def _maybe_shadow(self, request: GenerationRequest, completion_tokens: int) -> None:
         """The ratio counts tokens, which need no fresh vanilla timings."""
 
-    def _engine_load(self, totals: Totals) -> EngineLoad:
-        """Every engine step since the previous Done, whichever requests it carried."""
-        return self.engine.vllm.load.take()
+    def _engine_loads(self, totals: Totals) -> dict[str, EngineLoad]:
+        """Every step of each engine (the served model's, the judge's) since the previous Done,
+        whichever requests it carried."""
+        return self.engine.vllm.take_loads()

@@ -117,6 +117,7 @@ class VllmJudge:
     name: str  # what responses report: the judge's model id, or "self"
     llm: AsyncLLM
     tokenizer: Any
+    load: EngineLoad  # this engine's steps, counted by its Occupancy logger
     layouts: dict[EvaluatorConfig, EvalLayout] = field(default_factory=dict)
 
     def layout(self, cfg: EvaluatorConfig) -> EvalLayout:
@@ -126,7 +127,7 @@ class VllmJudge:
 
 
 def start_engine(source: ModelSource, config: EngineConfig, *, tp: int, gpu_memory: float, enforce_eager: bool,
-                 max_logprobs: int, stat_loggers: list, **engine_kwargs) -> AsyncLLM:
+                 max_logprobs: int, load: EngineLoad, **engine_kwargs) -> AsyncLLM:
     model = model_dir(source)
     if config.device == "cpu":
         engine_kwargs = {**cpu_scheduling(model), **engine_kwargs}
@@ -144,7 +145,7 @@ def start_engine(source: ModelSource, config: EngineConfig, *, tp: int, gpu_memo
         disable_log_stats=True,  # vLLM's own loggers; ours (the batch occupancy) still runs
         **engine_kwargs,
     )
-    return AsyncLLM.from_engine_args(args, stat_loggers=stat_loggers)
+    return AsyncLLM.from_engine_args(args, stat_loggers=[lambda vllm_config, engine_index=0: Occupancy(load)])
 
 
 class VllmBackend:
@@ -166,20 +167,24 @@ class VllmBackend:
         self.tokenizer = tokenizer or load_tokenizer(self.source)  # the engine passes the one it loaded
         self.max_logprobs = max_logprobs
         judge_memory = config.judge_gpu_memory if config.judge_model else 0.0
-        self.load = EngineLoad()
+        load = EngineLoad()
         self.llm = start_engine(self.source, config, tp=config.tp, gpu_memory=VLLM_GPU_MEMORY - judge_memory,
-                                enforce_eager=enforce_eager, max_logprobs=max_logprobs,
-                                stat_loggers=[lambda vllm_config, engine_index=0: Occupancy(self.load)], **engine_kwargs)
+                                enforce_eager=enforce_eager, max_logprobs=max_logprobs, load=load, **engine_kwargs)
         self.context_length = self.llm.model_config.max_model_len
         self.end_ids = end_token_ids(self.tokenizer)
-        self.judges: dict[JudgeChoice, VllmJudge] = {"self": VllmJudge("self", self.llm, self.tokenizer)}
+        self.judges: dict[JudgeChoice, VllmJudge] = {"self": VllmJudge("self", self.llm, self.tokenizer, load)}
         if config.judge_model:
             # unsharded, as on the reference backend: it reads two option log-probs per evaluation
-            judge = resolve(config.judge_model)
+            judge, judge_load = resolve(config.judge_model), EngineLoad()
             llm = start_engine(judge, config, tp=1, gpu_memory=judge_memory, enforce_eager=enforce_eager,
-                               max_logprobs=max_logprobs, stat_loggers=[], **engine_kwargs)
-            self.judges["served"] = VllmJudge(judge.name, llm, load_tokenizer(judge))
+                               max_logprobs=max_logprobs, load=judge_load, **engine_kwargs)
+            self.judges["served"] = VllmJudge(judge.name, llm, load_tokenizer(judge), judge_load)
         self._embedder = None
+
+    def take_loads(self) -> dict[str, EngineLoad]:
+        """Each engine's steps since the previous call, by the id of the model it runs."""
+        return {self.model_name if choice == "self" else judge.name: judge.load.take()
+                for choice, judge in self.judges.items()}
 
     @property
     def errored(self) -> bool:

@@ -93,8 +93,13 @@ def test_vllm_judges_with_the_served_judge_model(vllm_server):
             model=MODEL, messages=messages, max_tokens=12, seed=0,
             extra_body={"rain": {"judge": "served", "prompt": "yesno", "score": "continuous", **rain}}, **fields).model_extra["rain"]
 
+    before = scrape(vllm_server.base_url)
     checked = ask({"strategy": "self_check"})
+    after = scrape(vllm_server.base_url)
     assert checked["judge"] == QWEN and checked["self_evaluations"] == 1
+    # the judge's engine steps have a series of their own in /metrics
+    judge_steps = metric(after, "rain_engine_steps_total", model=QWEN) - metric(before, "rain_engine_steps_total", model=QWEN)
+    assert judge_steps > 0 and metric(after, "rain_engine_batch_tokens_total", model=QWEN) > 0
     assert checked["replaced"] is (checked["judge_values"][0] <= checked["judge_threshold"])
     picked = ask({"strategy": "best_of_n", "best_of": 2}, temperature=1.0)
     assert picked["judge"] == QWEN and picked["chosen"] == picked["judge_values"].index(max(picked["judge_values"]))
