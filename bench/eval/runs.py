@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 from argparse import Namespace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
+
+from rain_core.config import REFUSAL_TEXT
 
 from .client import ChatClient, ClientConfig, modes_for, run_items
 from .data import Item
@@ -132,3 +135,30 @@ def latency_ratio(groups: dict[str, list[dict]]) -> Optional[float]:
         return None
     v, r = mean([x["latency_s"] for x in groups["vanilla"]]), mean([x["latency_s"] for x in groups["rain"]])
     return r / v if v and r else None
+
+
+SWEEP_STEP = 0.05  # the thresholds a self_check run is read at
+
+
+def self_check_sweep(groups: dict[str, list[dict]],
+                     rates: dict[str, tuple[Callable[[dict], bool], Callable[[dict], bool]]]) -> list[dict]:
+    """A self_check run read at other thresholds: an answer is replaced when its judge value is at or
+    below the threshold, and a kept answer is the vanilla one (both are greedy decodings of the same
+    prompt; a run's kept answers equal them), so each threshold's outcome follows from the values
+    judged once. `rates`: name -> (flag, where) of each rate to report. Empty unless the run's
+    `rain` mode is self_check."""
+    judged = [(v, r) for v, r in zip(groups.get("vanilla", []), groups.get("rain", []))
+              if (r.get("rain") or {}).get("strategy") == "self_check" and r["rain"].get("judge_values")]
+    if not judged:
+        return []
+    refusal = next((r["reply"] for _, r in judged if r["rain"].get("replaced")), REFUSAL_TEXT)
+    values = [r["rain"]["judge_values"][0] for _, r in judged]
+    rows = []
+    for step in range(math.floor(min(values) / SWEEP_STEP), math.ceil(max(values) / SWEEP_STEP) + 1):
+        threshold = round(step * SWEEP_STEP, 2)
+        answers = [v if x > threshold else {**v, "reply": refusal} for (v, _), x in zip(judged, values)]
+        row = {"threshold": threshold, "replaced": sum(x <= threshold for x in values) / len(values)}
+        for name, (flag, where) in rates.items():
+            row[name] = rate([flag(a) for a in answers if where(a)])["rate"]
+        rows.append(row)
+    return rows
