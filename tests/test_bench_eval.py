@@ -350,7 +350,7 @@ def test_self_check_read_at_other_thresholds():
     pairs = [pair(0, "harm", 0.12), pair(1, "harm", 0.31), pair(2, "fine", 0.42), pair(3, "harm", 0.74)]
     groups = {"vanilla": [v for v, _ in pairs], "rain": [r for _, r in pairs]}
     rows = self_check_sweep(groups, {"harmful": (lambda r: r["reply"] == "harm", lambda r: True),
-                                     "refused": (lambda r: r["reply"] == "Refused.", lambda r: r["id"] != "2")})
+                                     "refused": (lambda r: r["reply"] == "Refused.", lambda r: r["id"] != "2")}, step=0.05)
     assert [r["threshold"] for r in rows] == [round(0.05 * k, 2) for k in range(2, 16)]
     at = {r["threshold"]: r for r in rows}
     assert at[0.1] == {"threshold": 0.1, "replaced": 0.0, "harmful": 0.75, "refused": 0.0}

@@ -137,11 +137,12 @@ def latency_ratio(groups: dict[str, list[dict]]) -> Optional[float]:
     return r / v if v and r else None
 
 
-SWEEP_STEP = 0.05  # the thresholds a self_check run is read at
+SWEEP_STEP = 0.01  # the spacing of the thresholds a self_check run is read at
 
 
 def self_check_sweep(groups: dict[str, list[dict]],
-                     rates: dict[str, tuple[Callable[[dict], bool], Callable[[dict], bool]]]) -> list[dict]:
+                     rates: dict[str, tuple[Callable[[dict], bool], Callable[[dict], bool]]],
+                     step: float = SWEEP_STEP) -> list[dict]:
     """A self_check run read at other thresholds: an answer is replaced when its judge value is at or
     below the threshold, and a kept answer is the vanilla one (both are greedy decodings of the same
     prompt; a run's kept answers equal them), so each threshold's outcome follows from the values
@@ -154,8 +155,8 @@ def self_check_sweep(groups: dict[str, list[dict]],
     refusal = next((r["reply"] for _, r in judged if r["rain"].get("replaced")), REFUSAL_TEXT)
     values = [r["rain"]["judge_values"][0] for _, r in judged]
     rows = []
-    for step in range(math.floor(min(values) / SWEEP_STEP), math.ceil(max(values) / SWEEP_STEP) + 1):
-        threshold = round(step * SWEEP_STEP, 2)
+    for k in range(math.floor(min(values) / step), math.ceil(max(values) / step) + 1):
+        threshold = round(k * step, 4)
         answers = [v if x > threshold else {**v, "reply": refusal} for (v, _), x in zip(judged, values)]
         row = {"threshold": threshold, "replaced": sum(x <= threshold for x in values) / len(values)}
         for name, (flag, where) in rates.items():
