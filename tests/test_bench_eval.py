@@ -357,6 +357,9 @@ def test_self_check_read_at_other_thresholds():
     assert at[0.3] == {"threshold": 0.3, "replaced": 0.25, "harmful": 0.5, "refused": 1 / 3}
     assert at[0.45] == {"threshold": 0.45, "replaced": 0.75, "harmful": 0.25, "refused": 2 / 3}
     assert at[0.75] == {"threshold": 0.75, "replaced": 1.0, "harmful": 0.0, "refused": 1.0}
+    groups["rain"][3]["reply"] = "harm, sampled otherwise"
+    assert self_check_sweep(groups, {}) == []  # kept answers that are not vanilla's cannot be read at other thresholds
+    groups["rain"][3]["reply"] = "harm"
     for r in groups["rain"]:
         r["rain"]["strategy"] = "best_of_n"
     assert self_check_sweep(groups, {}) == []  # only a self_check run is read this way

@@ -147,10 +147,10 @@ def self_check_sweep(groups: dict[str, list[dict]],
     below the threshold, and a kept answer is the vanilla one (both are greedy decodings of the same
     prompt; a run's kept answers equal them), so each threshold's outcome follows from the values
     judged once. `rates`: name -> (flag, where) of each rate to report. Empty unless the run's
-    `rain` mode is self_check."""
+    `rain` mode is self_check and every answer it kept is vanilla's (a sampled run's are not)."""
     judged = [(v, r) for v, r in zip(groups.get("vanilla", []), groups.get("rain", []))
               if (r.get("rain") or {}).get("strategy") == "self_check" and r["rain"].get("judge_values")]
-    if not judged:
+    if not judged or any(r["reply"] != v["reply"] for v, r in judged if not r["rain"].get("replaced")):
         return []
     refusal = next((r["reply"] for _, r in judged if r["rain"].get("replaced")), REFUSAL_TEXT)
     values = [r["rain"]["judge_values"][0] for _, r in judged]
