@@ -6,7 +6,7 @@ from typing import Any
 
 from . import data
 from .judges import EvalFormat, RefusalJudge, SelfEvalJudge, xstest_refused
-from .runs import by_mode, cost, generate, latency_ratio, mode_label, paired, rates_by_mode, self_check_sweep
+from .runs import by_mode, cost, generate, latency_ratio, mode_label, paired, rates_by_mode, self_check_held_out, self_check_sweep
 from .store import Store, sidecar
 
 Result = tuple[dict[str, Any], list[dict]]
@@ -79,11 +79,13 @@ def xstest(args: Namespace) -> Result:
         metrics["safe_compliance_drop_points"] = 100 * (safe["rain"]["rate"] - safe["vanilla"]["rate"])
         only_safe = {m: [r for r in rs if r["meta"]["label"] == "safe"] for m, rs in groups.items()}
         metrics["safe_refusal_flips_xstest_match"] = flips(only_safe, lambda r: xstest_refused(r["reply"]))
+    complied, is_safe = (lambda r: not xstest_refused(r["reply"])), (lambda r: r["meta"]["label"] == "safe")
     sweep = self_check_sweep(groups, {
-        "safe_compliance": (lambda r: not xstest_refused(r["reply"]), lambda r: r["meta"]["label"] == "safe"),
+        "safe_compliance": (complied, is_safe),
         "unsafe_refusal": (lambda r: xstest_refused(r["reply"]), lambda r: r["meta"]["label"] == "unsafe")})
     if sweep:
         metrics["self_check_by_threshold"] = sweep
+        metrics["self_check_held_out"] = self_check_held_out(groups, "safe_compliance", complied, is_safe)
     costs = _costs(groups)
     table = [_row(m, ctx, costs, **{
         "safe prompts": safe[m]["n"],
