@@ -421,11 +421,17 @@ def measure(args, scratch: Path, running: list, result: dict) -> None:
             weights, tokenizer = peer_model_dirs(args.model, scratch)
             port = free_port()
             argv = peer_argv(weights, tokenizer, port)
-            env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+            from rain_core.backends.vllm import cpu_binding
+            from rain_core.config import EngineConfig
+
+            # the peer's threads on the cores rain-serve's worker binds (vLLM's own choice leaves it one)
+            settings = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
+                        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+                        or cpu_binding(EngineConfig(threads=args.threads), tp=1)}
             base_url = f"http://127.0.0.1:{port}"
             started = time.monotonic()
-            running.append(launch(argv, base_url, scratch / "vllm-peer.log", PEER_START_TIMEOUT_S, env=env))
-            result["servers"]["vllm-peer"] = {"command": "VLLM_CPU_KVCACHE_SPACE=" + env["VLLM_CPU_KVCACHE_SPACE"] + " "
+            running.append(launch(argv, base_url, scratch / "vllm-peer.log", PEER_START_TIMEOUT_S, env={**os.environ, **settings}))
+            result["servers"]["vllm-peer"] = {"command": " ".join(f"{k}={v}" for k, v in settings.items()) + " "
                                               + shlex.join(argv), "start_s": round(time.monotonic() - started, 1)}
         except (ServerFailed, OSError, ImportError) as exc:
             why = exc.short if isinstance(exc, ServerFailed) else f"{type(exc).__name__}: {exc}"

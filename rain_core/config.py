@@ -169,6 +169,7 @@ class EngineConfig:
     backend: Backend = "transformers"
     encoder: Optional[str] = None  # sentence encoder dir; None: embedded all-MiniLM-L6-v2
     threads: Optional[int] = None  # torch intra-op threads on CPU
+    cpus: Optional[tuple[int, ...]] = None  # vllm backend on CPU: the cores its engine's threads are bound to; None: the first `threads` of this process's
     judge_model: Optional[str] = None  # a second model (same forms as `model`) that judges for rain.judge="served"
     judge_gpu_memory: float = DEFAULT_JUDGE_GPU_MEMORY  # vllm backend on GPUs: the share of the GPU the judge's engine takes from the served one's
     judge_threshold: float = DEFAULT_JUDGE_THRESHOLD  # self_check's default threshold on the judge's value

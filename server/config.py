@@ -53,14 +53,22 @@ class ServerConfig:
         return [
             WorkerConfig(
                 engine=EngineConfig(model=self.model, device=device, dtype=self.dtype, tp=self.tp, backend=self.backend, threads=threads,
+                                    cpus=worker_cpus(index, threads) if device == "cpu" and self.backend == "vllm" else None,
                                     judge_model=self.judge_model, judge_gpu_memory=self.judge_gpu_memory,
                                     judge_threshold=self.judge_threshold),
                 visible_devices=visible,
                 shadow_vanilla_rate=self.shadow_vanilla_rate,
                 warm_rain=self.default_mode == "rain",
             )
-            for device, visible in devices
+            for index, (device, visible) in enumerate(devices)
         ]
+
+
+def worker_cpus(index: int, threads: int) -> tuple[int, ...]:
+    """The cores worker `index` binds its vLLM engine to: the next `threads` after the previous
+    workers', wrapping around when the workers ask for more than there are."""
+    cores = sorted(os.sched_getaffinity(0))
+    return tuple(cores[(index * threads + j) % len(cores)] for j in range(threads))
 
 
 def worker_devices(device: str, workers: int, tp: int, gpu_count: Optional[int] = None) -> list[tuple[str, Optional[str]]]:

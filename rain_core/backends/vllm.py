@@ -56,6 +56,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 MAX_LOGPROBS = 64  # the most log-probs a request may ask for: TopTokens asks up to num_candidates + widen_max_children
 SEED_SPACE = 2**31
 CPU_KV_CACHE_GIB = 2
+USER_CPU_BINDING = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
 
 
 def model_dir(source: ModelSource) -> str:
@@ -75,6 +76,17 @@ def model_dir(source: ModelSource) -> str:
             if not link.exists():
                 link.symlink_to(item)
     return str(joined)
+
+
+def cpu_binding(config: EngineConfig, tp: int) -> str:
+    """The cores each rank's OpenMP threads are bound to, as VLLM_CPU_OMP_THREADS_BIND lists them
+    ("0,1", or "0|1" for two ranks). vLLM's own choice on x86 keeps one core per rank for its scheduler
+    and binds every engine on the machine to the same cores: one thread for the model on two cores, and
+    two workers' engines on one core."""
+    cores = list(config.cpus or sorted(os.sched_getaffinity(0))[: config.threads or None])
+    per_rank = max(1, len(cores) // tp)  # more ranks than cores: they share, in turn
+    ranks = [cores[(r * per_rank) % len(cores):][:per_rank] for r in range(tp)]
+    return "|".join(",".join(map(str, rank)) for rank in ranks)
 
 
 def cpu_scheduling(model: str) -> dict:
@@ -131,6 +143,8 @@ def start_engine(source: ModelSource, config: EngineConfig, *, tp: int, gpu_memo
     model = model_dir(source)
     if config.device == "cpu":
         engine_kwargs = {**cpu_scheduling(model), **engine_kwargs}
+        # read by the engine's process as it starts; one set by the user wins
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = USER_CPU_BINDING or cpu_binding(config, tp)
     args = AsyncEngineArgs(
         model=model,
         served_model_name=source.name,

@@ -267,3 +267,22 @@ def test_vanilla_streams_one_generation(smollm2, backend, loop, temperature):
     assert diff < TOL and len(got) == len(answer.ids)
     if temperature is None:
         assert max(abs(a.logprob - b.logprob) for a, b in zip(logprobs, want_logprobs)) < TOL
+
+
+def test_the_engine_binds_its_threads_to_the_given_cores(backend):
+    """vLLM's own choice on x86 keeps a core per rank for its scheduler: one model thread on this
+    2-core machine. The backend binds the model's threads to the cores it is given (here, all)."""
+    import psutil
+
+    from rain_core.backends.vllm import cpu_binding
+
+    cores = sorted(os.sched_getaffinity(0))
+    bound = [p.environ() for p in psutil.Process().children(recursive=True) if "OMP_PLACES" in p.environ()]
+    assert bound, "no engine process has its threads bound"
+    for env in bound:
+        assert env["OMP_NUM_THREADS"] == str(len(cores))
+        assert env["OMP_PLACES"] == "{" + ",".join(map(str, cores)) + "}"
+    assert cpu_binding(EngineConfig(cpus=(0, 1)), tp=1) == "0,1"
+    assert cpu_binding(EngineConfig(cpus=(2, 3, 4, 5)), tp=2) == "2,3|4,5"
+    assert cpu_binding(EngineConfig(cpus=(0, 1)), tp=3) == "0|1|0"  # more ranks than cores share them
+    assert cpu_binding(EngineConfig(threads=1), tp=1) == str(cores[0])

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from rain_core.config import PRESETS
 from rain_core.events import Totals
-from server.config import worker_devices
+from server.config import ServerConfig, worker_cpus, worker_devices
 from server.errors import ApiError
 from server.overhead import VanillaSpeed
 from server.chat import ChatCompletionRequest
@@ -142,6 +143,14 @@ def test_each_worker_gets_its_own_gpus():
     assert worker_devices("cuda:5,7", 2, 1) == [("cuda", "5"), ("cuda", "7")]
     with pytest.raises(ValueError):
         worker_devices("cuda", 3, 1, gpu_count=2)
+
+
+def test_each_vllm_worker_on_cpu_binds_its_own_cores():
+    cores = sorted(os.sched_getaffinity(0))
+    config = ServerConfig(backend="vllm", workers=2, threads=1)
+    assert [w.engine.cpus for w in config.worker_configs()] == [(cores[0],), (cores[1 % len(cores)],)]
+    assert worker_cpus(1, 3) == tuple(cores[j % len(cores)] for j in range(3, 6))  # more than there are: around again
+    assert [w.engine.cpus for w in ServerConfig(workers=2).worker_configs()] == [None, None]  # torch's threads are not bound
 
 
 def test_vanilla_speed_estimate():
