@@ -284,7 +284,8 @@ def launch(argv: list[str], base_url: str, log_path: Path, timeout_s: float = ST
 
 def start_server(workers: int, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    flags = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--threads", "1",
+    # the backend whose worker restarts and queue limits the README's soak figures describe
+    flags = ["--host", "127.0.0.1", "--port", str(port), "--backend", "transformers", "--workers", str(workers), "--threads", "1",
              "--max-running-per-worker", "2", "--max-queue", "16", "--request-timeout", "120"]
     base_url = f"http://127.0.0.1:{port}"
     try:

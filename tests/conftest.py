@@ -89,6 +89,11 @@ def start_server(*flags: str, env: Optional[dict] = None, start_timeout_s: float
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"rain-serve-test-{port}.log"
     environment = {k: v for k, v in os.environ.items() if k != "RAIN_API_KEY"}
     environment.update(env or {})
+    if "--backend" not in flags:
+        # the API's mechanics are the same on both backends; the reference one starts in seconds, and its
+        # limits (requests running per worker, the queue) are what these tests reach for.
+        # tests/server/test_backends.py runs the API on --backend vllm
+        flags = ("--backend", "transformers", *flags)
     with open(log_path, "w") as log:
         process = subprocess.Popen([str(binary), "--host", "127.0.0.1", "--port", str(port), *flags],
                                    stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=ROOT)

@@ -150,7 +150,7 @@ def test_each_vllm_worker_on_cpu_binds_its_own_cores():
     config = ServerConfig(backend="vllm", workers=2, threads=1)
     assert [w.engine.cpus for w in config.worker_configs()] == [(cores[0],), (cores[1 % len(cores)],)]
     assert worker_cpus(1, 3) == tuple(cores[j % len(cores)] for j in range(3, 6))  # more than there are: around again
-    assert [w.engine.cpus for w in ServerConfig(workers=2).worker_configs()] == [None, None]  # torch's threads are not bound
+    assert [w.engine.cpus for w in ServerConfig(backend="transformers", workers=2).worker_configs()] == [None, None]  # torch's threads are not bound
 
 
 def test_vanilla_speed_estimate():
