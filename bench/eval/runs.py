@@ -163,8 +163,8 @@ class Judged:
         refusal = next((r["reply"] for _, r in judged if r["rain"].get("replaced")), REFUSAL_TEXT)
         return cls([(v, r["rain"]["judge_values"][0]) for v, r in judged], refusal)
 
-    def subset(self, keep: Callable[[int, dict], bool]) -> "Judged":
-        return Judged([(v, x) for i, (v, x) in enumerate(self.pairs) if keep(i, v)], self.refusal)
+    def subset(self, keep: Callable[[dict], bool]) -> "Judged":
+        return Judged([(v, x) for v, x in self.pairs if keep(v)], self.refusal)
 
     def thresholds(self, step: float = SWEEP_STEP) -> list[float]:
         """From the last one that replaces nothing to the first that replaces everything."""
@@ -199,7 +199,7 @@ def self_check_held_out(groups: dict[str, list[dict]], name: str, flag: Callable
     position = {v["id"]: i for i, v in enumerate(v for v, _ in judged.pairs if where(v))}
     folds = []
     for fold in (0, 1):
-        halves = {side: judged.subset(lambda i, v, side=side: where(v) and (position[v["id"]] % 2 == fold) == (side == "choose"))
+        halves = {side: judged.subset(lambda v, side=side: where(v) and (position[v["id"]] % 2 == fold) == (side == "choose"))
                   for side in ("choose", "read")}
         vanilla = {side: rate([flag(v) for v, _ in half.pairs])["rate"] for side, half in halves.items()}
         fits = [t for t in halves["choose"].thresholds(step)
