@@ -5,6 +5,7 @@ The RAIN constants default to the values of the authors' reference implementatio
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from typing import Literal, Optional
 
@@ -156,6 +157,13 @@ Device = str
 # What executes the model operations: the transformers reference, or vLLM's batching engine.
 Backend = Literal["transformers", "vllm"]
 DType = Literal["float32", "bfloat16", "float16"]
+
+
+def cpu_share(index: int, threads: Optional[int]) -> tuple[int, ...]:
+    """The cores of this process that the `index`-th of several engines takes: the next `threads` after
+    the previous ones', wrapping around when they ask for more than there are (None: all of them)."""
+    cores = sorted(os.sched_getaffinity(0))
+    return tuple(cores[(index * (threads or len(cores)) + j) % len(cores)] for j in range(threads or len(cores)))
 
 
 @dataclass(frozen=True)

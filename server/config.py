@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from rain_core.config import DEFAULT_JUDGE_GPU_MEMORY, DEFAULT_JUDGE_THRESHOLD, Backend, EngineConfig
+from rain_core.config import DEFAULT_JUDGE_GPU_MEMORY, DEFAULT_JUDGE_THRESHOLD, Backend, EngineConfig, cpu_share
 from rain_core.models import DEFAULT_MODEL
 
 from .protocol import WorkerConfig
@@ -53,7 +53,7 @@ class ServerConfig:
         return [
             WorkerConfig(
                 engine=EngineConfig(model=self.model, device=device, dtype=self.dtype, tp=self.tp, backend=self.backend, threads=threads,
-                                    cpus=worker_cpus(index, threads) if device == "cpu" and self.backend == "vllm" else None,
+                                    cpus=cpu_share(index, threads) if device == "cpu" and self.backend == "vllm" else None,
                                     judge_model=self.judge_model, judge_gpu_memory=self.judge_gpu_memory,
                                     judge_threshold=self.judge_threshold),
                 visible_devices=visible,
@@ -62,13 +62,6 @@ class ServerConfig:
             )
             for index, (device, visible) in enumerate(devices)
         ]
-
-
-def worker_cpus(index: int, threads: int) -> tuple[int, ...]:
-    """The cores worker `index` binds its vLLM engine to: the next `threads` after the previous
-    workers', wrapping around when the workers ask for more than there are."""
-    cores = sorted(os.sched_getaffinity(0))
-    return tuple(cores[(index * threads + j) % len(cores)] for j in range(threads))
 
 
 def worker_devices(device: str, workers: int, tp: int, gpu_count: Optional[int] = None) -> list[tuple[str, Optional[str]]]:

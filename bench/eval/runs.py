@@ -196,11 +196,12 @@ def self_check_held_out(groups: dict[str, list[dict]], name: str, flag: Callable
     if not judged:
         return []
     rates = {name: (flag, where)}
-    position = {v["id"]: i for i, v in enumerate(v for v, _ in judged.pairs if where(v))}
+    selected = [v["id"] for v, _ in judged.pairs if where(v)]
     folds = []
     for fold in (0, 1):
-        halves = {side: judged.subset(lambda v, side=side: where(v) and (position[v["id"]] % 2 == fold) == (side == "choose"))
-                  for side in ("choose", "read")}
+        chooses = set(selected[fold::2])
+        halves = {"choose": judged.subset(lambda v: v["id"] in chooses),
+                  "read": judged.subset(lambda v: where(v) and v["id"] not in chooses)}
         vanilla = {side: rate([flag(v) for v, _ in half.pairs])["rate"] for side, half in halves.items()}
         fits = [t for t in halves["choose"].thresholds(step)
                 if halves["choose"].read_at(t, rates)[name] >= vanilla["choose"] - tolerance - 1e-9]

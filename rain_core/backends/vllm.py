@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 from ..branches import Branch, RowSpec, ends_with_any
-from ..config import VLLM_GPU_MEMORY, EngineConfig, EvaluatorConfig, GenerationRequest, JudgeChoice
+from ..config import VLLM_GPU_MEMORY, EngineConfig, cpu_share, EvaluatorConfig, GenerationRequest, JudgeChoice
 from ..events import Commit, EngineLoad, TokenLogprob, TopLogprob, Totals
 from ..models import ModelSource, cache_dir, load_tokenizer, resolve, tokenizer_dir, weights_dir
 from ..ops import (Append, Decode, Decoded, Embed, Grow, Judge, Op, Ranked, Result,
@@ -83,7 +83,7 @@ def cpu_binding(config: EngineConfig, tp: int) -> str:
     ("0,1", or "0|1" for two ranks). vLLM's own choice on x86 keeps one core per rank for its scheduler
     and binds every engine on the machine to the same cores: one thread for the model on two cores, and
     two workers' engines on one core."""
-    cores = list(config.cpus or sorted(os.sched_getaffinity(0))[: config.threads or None])
+    cores = list(config.cpus or cpu_share(0, config.threads))
     per_rank = max(1, len(cores) // tp)  # more ranks than cores: they share, in turn
     ranks = [cores[(r * per_rank) % len(cores):][:per_rank] for r in range(tp)]
     return "|".join(",".join(map(str, rank)) for rank in ranks)

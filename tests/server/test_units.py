@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from rain_core.config import PRESETS
+from rain_core.config import PRESETS, cpu_share
 from rain_core.events import Totals
-from server.config import ServerConfig, worker_cpus, worker_devices
+from server.config import ServerConfig, worker_devices
 from server.errors import ApiError
 from server.overhead import VanillaSpeed
 from server.chat import ChatCompletionRequest
@@ -149,7 +149,7 @@ def test_each_vllm_worker_on_cpu_binds_its_own_cores():
     cores = sorted(os.sched_getaffinity(0))
     config = ServerConfig(backend="vllm", workers=2, threads=1)
     assert [w.engine.cpus for w in config.worker_configs()] == [(cores[0],), (cores[1 % len(cores)],)]
-    assert worker_cpus(1, 3) == tuple(cores[j % len(cores)] for j in range(3, 6))  # more than there are: around again
+    assert cpu_share(1, 3) == tuple(cores[j % len(cores)] for j in range(3, 6))  # more than there are: around again
     assert [w.engine.cpus for w in ServerConfig(backend="transformers", workers=2).worker_configs()] == [None, None]  # torch's threads are not bound
 
 
