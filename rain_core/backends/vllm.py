@@ -56,6 +56,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 MAX_LOGPROBS = 64  # the most log-probs a request may ask for: TopTokens asks up to num_candidates + widen_max_children
 SEED_SPACE = 2**31
 CPU_KV_CACHE_GIB = 2
+CPU_BLOCK_SIZE = 32  # the smallest the CPU attention kernels take (16 fails as the engine starts)
 USER_CPU_BINDING = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
 
 
@@ -92,11 +93,15 @@ def cpu_binding(config: EngineConfig, tp: int) -> str:
 def cpu_scheduling(model: str) -> dict:
     """No chunked prefill on CPU: vLLM 0.32's CPU runner crashes (`CPU Generator does not use offset`)
     when a seeded request's prefill is split across steps, which happens under load. A step then takes
-    a whole prompt of up to the model's context."""
+    a whole prompt of up to the model's context.
+
+    KV blocks of CPU_BLOCK_SIZE tokens: the prefix cache shares only whole blocks, and the CPU build's
+    default of 128 tokens left a search's short states (a chat prompt is about 40 tokens) uncached, so
+    every grown row recomputed its prompt."""
     from transformers import AutoConfig
 
     context = AutoConfig.from_pretrained(model).max_position_embeddings
-    return {"enable_chunked_prefill": False, "max_num_batched_tokens": context}
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": context, "block_size": CPU_BLOCK_SIZE}
 
 
 class Occupancy(StatLoggerBase):

@@ -16,7 +16,7 @@ import pytest
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 from rain_core.backends.transformers import TransformersSession  # noqa: E402
-from rain_core.backends.vllm import VllmBackend  # noqa: E402
+from rain_core.backends.vllm import CPU_BLOCK_SIZE, VllmBackend  # noqa: E402
 from rain_core.ops import drive_async  # noqa: E402
 from rain_core.branches import RowSpec, ends_with_any  # noqa: E402
 from rain_core.config import EngineConfig, EvaluatorConfig, GenerationRequest, RainConfig, SamplingParams  # noqa: E402
@@ -159,6 +159,26 @@ def test_grow_greedy_seeded_and_clause_stop(smollm2, backend, loop):
     assert not any(c in text[-1:] for c in simulation.stop_chars)  # it stopped at the first clause end
 
 
+def test_a_short_state_is_served_from_the_prefix_cache(smollm2, backend, loop):
+    """A search grows many rows from the same state. vLLM's CPU build caches KV blocks of 128 tokens
+    by default, so a state shorter than that (a chat prompt here is about 40) was computed again for
+    every row; with CPU_BLOCK_SIZE blocks a row computes only the state's tail past its last whole block."""
+    request = _request(RainConfig())
+    prompt = smollm2.request_ids(request)
+    assert len(prompt) >= CPU_BLOCK_SIZE
+    row = RowSpec(1, greedy=True, temperature=1.0)
+    fed = []
+    for _ in range(2):
+        totals = Totals()
+        ses = backend.session(request, prompt, [], totals)
+        loop.run_until_complete(ses.run(Grow((), (row,))))
+        ses.close()
+        fed.append(totals.tokens_fed)
+    print(f"{len(prompt)}-token state: tokens computed by the first row {fed[0]}, by the second {fed[1]}")
+    tail = len(prompt) - (len(prompt) - 1) // CPU_BLOCK_SIZE * CPU_BLOCK_SIZE  # at least the last prompt token is computed
+    assert fed[1] <= tail + 1  # the tail and the generated token
+
+
 def test_append_logprobs_match_transformers(smollm2, backend, loop):
     request = _request(RainConfig())
     ref, ses = _sessions(smollm2, backend, request)
@@ -291,3 +311,4 @@ def test_the_engine_binds_its_threads_to_the_given_cores(backend):
     assert cpu_binding(EngineConfig(cpus=(2, 3, 4, 5)), tp=2) == "2,3|4,5"
     assert cpu_binding(EngineConfig(cpus=(0, 1)), tp=3) == "0|1|0"  # more ranks than cores share them
     assert cpu_binding(EngineConfig(threads=1), tp=1) == str(min(cores))
+
