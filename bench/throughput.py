@@ -2,7 +2,9 @@
 
     python -m bench.throughput [--backends transformers,vllm] [--modes vanilla,budget2,paper_pl1,paper_pl4]
         [--clients 1,2,4,8,16] [--requests-per-client 4] [--max-tokens 32] [--peer/--no-peer]
-        [--step-rows 1,8,16,64] [--out FILE]
+        [--step-rows 1,8,16,64] [--server-flags '...'] [--out FILE]
+
+`--modes budget2_served` is budget 2 judged by a --judge-model, which `--server-flags` loads.
 
 For each backend it starts `rain-serve --backend NAME` on a free loopback port (one worker, as many
 running requests as the most clients), and for each mode and clients level K runs K clients, each
@@ -51,6 +53,8 @@ MODEL = "smollm2"
 MODES = {
     "vanilla": None,
     "budget2": {"max_iters": 2, "min_iters": 2},
+    # judged by the --judge-model (pass it in --server-flags; a server without one refuses these with a 400)
+    "budget2_served": {"max_iters": 2, "min_iters": 2, "judge": "served"},
     "paper_pl1": {"parallel_leaves": 1},
     "paper_pl4": {"parallel_leaves": 4},
 }
@@ -374,7 +378,8 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.splitlines()[0])
     p.add_argument("--backends", default="transformers", help=f"comma-separated, from {list(BACKENDS)}")
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {list(MODES)}")
+    p.add_argument("--modes", default=",".join(m for m in MODES if m != "budget2_served"),
+                   help=f"comma-separated, from {list(MODES)}")
     p.add_argument("--clients", type=_ints, default=[1, 2, 4, 8, 16], help="concurrency levels, e.g. 1,2,4,8,16")
     p.add_argument("--requests-per-client", type=int, default=4, help="each client's requests per level, back to back")
     p.add_argument("--max-tokens", type=int, default=32)

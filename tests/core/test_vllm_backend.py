@@ -312,3 +312,16 @@ def test_the_engine_binds_its_threads_to_the_given_cores(backend):
     assert cpu_binding(EngineConfig(cpus=(0, 1)), tp=3) == "0|1|0"  # more ranks than cores share them
     assert cpu_binding(EngineConfig(threads=1), tp=1) == str(min(cores))
 
+
+
+def test_engines_that_share_cores_wait_asleep(backend):
+    """A --judge-model's engine runs on the served engine's cores, so the engines' OpenMP threads wait
+    asleep (spinning ones take the cores from the other engine's working threads); one engine alone keeps
+    OpenMP's default, and nothing of this reaches a GPU's engines. (The engines' own processes rename
+    themselves over their /proc environ, so it is checked here, where it is decided.)"""
+    from rain_core.backends.vllm import engine_environment
+
+    assert engine_environment(EngineConfig(judge_model=QWEN))["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "OMP_WAIT_POLICY" not in engine_environment(EngineConfig())
+    assert engine_environment(EngineConfig(judge_model=QWEN, device="cuda")) == {}
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # the backend above, with its judge, set it for its engines
