@@ -41,9 +41,12 @@ def loop():
 
 @pytest.fixture(scope="module")
 def backend(loop):
+    environ = dict(os.environ)
     b = VllmBackend(EngineConfig(judge_model=QWEN), enforce_eager=True)
     yield b
     loop.run_until_complete(b.shutdown())
+    os.environ.clear()  # what the backend set for its engines is not for the servers of later tests
+    os.environ.update(environ)
 
 
 def _request(rain=None, seed=1, max_new_tokens=8, logprobs=None):
@@ -311,7 +314,6 @@ def test_the_engine_binds_its_threads_to_the_given_cores(backend):
     assert cpu_binding(EngineConfig(cpus=(2, 3, 4, 5)), tp=2) == "2,3|4,5"
     assert cpu_binding(EngineConfig(cpus=(0, 1)), tp=3) == "0|1|0"  # more ranks than cores share them
     assert cpu_binding(EngineConfig(threads=1), tp=1) == str(min(cores))
-
 
 
 def test_engines_that_share_cores_wait_asleep(backend):
