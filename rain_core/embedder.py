@@ -28,3 +28,7 @@ class SentenceEmbedder:
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1).float()
+
+    def embed_groups(self, groups: list[tuple[str, ...]]) -> list[torch.Tensor]:
+        """One batch for several groups of texts (a wave's leaves): each group's [len(group), 384] rows."""
+        return list(self.embed([text for group in groups for text in group]).split([len(g) for g in groups]))

@@ -110,8 +110,7 @@ class TransformersSession:
         return self._evaluation.evaluate_all([op.answer for op in ops])
 
     def _embed_all(self, ops: list[Embed]) -> list[torch.Tensor]:
-        embeddings = self.engine.embedder.embed([text for op in ops for text in op.texts])
-        return list(embeddings.split([len(op.texts) for op in ops]))
+        return self.engine.embedder.embed_groups([op.texts for op in ops])
 
     def _append(self, op: Append) -> Optional[list[TokenLogprob]]:
         self._flush_pending()

@@ -273,8 +273,20 @@ class VllmSession:
 
     # the session -------------------------------------------------------------------------------
     async def run_all(self, ops: list[Op]) -> list[Result]:
-        """Several operations at once: all of them are in the engine together."""
-        return list(await asyncio.gather(*map(self.run, ops)))
+        """Several operations at once: all of them are in the engine together, and their Embeds are one
+        batch of the sentence embedder (K threads of small batches would contend for the same cores)."""
+        embeds = [i for i, op in enumerate(ops) if isinstance(op, Embed)]
+        if self.closed or len(embeds) < 2:
+            return list(await asyncio.gather(*map(self.run, ops)))
+        others = [i for i in range(len(ops)) if i not in embeds]
+        batch = asyncio.to_thread(self.backend.embedder.embed_groups, [ops[i].texts for i in embeds])
+        done = await asyncio.gather(batch, *(self.run(ops[i]) for i in others))
+        results: list[Result] = [None] * len(ops)
+        for i, result in zip(embeds, done[0]):
+            results[i] = result
+        for i, result in zip(others, done[1:]):
+            results[i] = result
+        return results
 
     async def run(self, op: Op) -> Result:
         if self.closed:

@@ -21,7 +21,7 @@ from rain_core.ops import drive_async  # noqa: E402
 from rain_core.branches import RowSpec, ends_with_any  # noqa: E402
 from rain_core.config import EngineConfig, EvaluatorConfig, GenerationRequest, RainConfig, SamplingParams  # noqa: E402
 from rain_core.events import Commit, Totals  # noqa: E402
-from rain_core.ops import Append, Grow, Judge, TopTokens  # noqa: E402
+from rain_core.ops import Append, Embed, Grow, Judge, TopTokens  # noqa: E402
 from rain_core.sampling import make_generator  # noqa: E402
 from rain_core.search import RainSearch  # noqa: E402
 
@@ -198,6 +198,24 @@ def test_append_logprobs_match_transformers(smollm2, backend, loop):
             assert [[x.token_id for x in a.top] for a in got] == [[x.token_id for x in b.top] for b in want]
         assert loop.run_until_complete(ses.run(Append((), None))) is None
         assert ses.committed == ref.committed and len(ses.state) == len(smollm2.request_ids(request)) + 10
+    finally:
+        ref.close()
+        ses.close()
+
+
+def test_a_waves_embeds_are_one_batch_answered_in_order(smollm2, backend, loop):
+    """A wave's Embeds go to the sentence embedder as one batch; each still gets its own rows."""
+    request = _request(RainConfig())
+    ref, ses = _sessions(smollm2, backend, request)
+    ops = [Embed(("Boil the water.", "Warm the pot first.")), TopTokens((), 5), Embed(("Add milk last.",))]
+    try:
+        got = loop.run_until_complete(ses.run_all(ops))
+        want = ref.run_all(ops)
+        assert got[1].ids == want[1].ids
+        for mine, theirs in [(got[0], want[0]), (got[2], want[2])]:
+            assert mine.shape == theirs.shape
+            assert (mine - theirs).abs().max().item() < 1e-5
+        assert (got[0][0] - got[0][1]).abs().max().item() > 1e-2  # distinct texts, distinct rows
     finally:
         ref.close()
         ses.close()
