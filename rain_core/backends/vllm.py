@@ -275,18 +275,13 @@ class VllmSession:
     async def run_all(self, ops: list[Op]) -> list[Result]:
         """Several operations at once: all of them are in the engine together, and their Embeds are one
         batch of the sentence embedder (K threads of small batches would contend for the same cores)."""
-        embeds = [i for i, op in enumerate(ops) if isinstance(op, Embed)]
-        if self.closed or len(embeds) < 2:
-            return list(await asyncio.gather(*map(self.run, ops)))
-        others = [i for i in range(len(ops)) if i not in embeds]
-        batch = asyncio.to_thread(self.backend.embedder.embed_groups, [ops[i].texts for i in embeds])
-        done = await asyncio.gather(batch, *(self.run(ops[i]) for i in others))
-        results: list[Result] = [None] * len(ops)
-        for i, result in zip(embeds, done[0]):
-            results[i] = result
-        for i, result in zip(others, done[1:]):
-            results[i] = result
-        return results
+        if self.closed:
+            raise SessionClosed("the session is closed")
+        groups = [op.texts for op in ops if isinstance(op, Embed)]
+        others = [op for op in ops if not isinstance(op, Embed)]
+        embedded, done = await asyncio.gather(self._embed(groups), asyncio.gather(*map(self.run, others)))
+        embedded, done = iter(embedded), iter(done)
+        return [next(embedded) if isinstance(op, Embed) else next(done) for op in ops]
 
     async def run(self, op: Op) -> Result:
         if self.closed:
@@ -298,7 +293,7 @@ class VllmSession:
         if isinstance(op, Judge):
             return await self._judge(op)
         if isinstance(op, Embed):
-            return await asyncio.to_thread(self.backend.embedder.embed, list(op.texts))
+            return (await self._embed([op.texts]))[0]
         if isinstance(op, Append):
             return await self._append(op)
         if isinstance(op, Decode):
@@ -332,6 +327,10 @@ class VllmSession:
         task = self.close()
         if task is not None:
             await task
+
+    async def _embed(self, groups: list[tuple[str, ...]]) -> list[Result]:
+        """The local sentence embedder, in a thread: one batch for every group."""
+        return await asyncio.to_thread(self.backend.embedder.embed_groups, groups) if groups else []
 
     # engine requests ---------------------------------------------------------------------------
     def _op_seed(self, row: int = 0) -> int:
