@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from serve_helpers import MODEL, TINY_RAIN, VANILLA, chat_body, metric, scrape
+from serve_helpers import MODEL, TINY_RAIN, VANILLA, chat_body, metric, scrape, sse_payloads
 
 LONG = "Write a very long story about a dragon who learns to cook."
 
@@ -59,11 +59,11 @@ def test_concurrent_clients_get_their_own_answers(rain_server):
 
 
 def test_health_answers_within_100ms_during_a_search(rain_server):
-    client = rain_server.client()
-    with ThreadPoolExecutor(1) as pool:
-        search = pool.submit(client.chat.completions.create, model=MODEL, max_tokens=4, extra_body=TINY_RAIN,
-                             messages=[{"role": "user", "content": "Tell me about the sea."}])
-        rain_server.wait_for(lambda h: h["running"] == 1, what="the search to start")
+    """A long streamed search holds the worker while /health is timed; leaving the stream then ends it."""
+    body = chat_body(LONG, max_tokens=2000, stream=True, rain={})
+    with httpx.stream("POST", rain_server.base_url + "/v1/chat/completions", json=body, timeout=60) as response:
+        payloads = sse_payloads(response)  # held: a dropped iterator would close the stream
+        next(payloads)
         times = []
         with httpx.Client(base_url=rain_server.base_url, timeout=5) as http:
             for _ in range(20):
@@ -72,7 +72,7 @@ def test_health_answers_within_100ms_during_a_search(rain_server):
                 times.append(time.perf_counter() - started)
                 time.sleep(0.05)
             assert http.get("/health").json()["running"] == 1, "the search ended before the measurement did"
-        search.result()
+    idle(rain_server)
     assert max(times) < 0.1, times
 
 
