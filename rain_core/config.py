@@ -159,6 +159,12 @@ Backend = Literal["transformers", "vllm"]
 DType = Literal["float32", "bfloat16", "float16"]
 
 
+def default_threads(processes: int) -> int:
+    """Each of `processes` processes' share of the cores this one may run on: its affinity, which a
+    container's cpuset or `taskset` narrows below `os.cpu_count()`."""
+    return max(1, len(os.sched_getaffinity(0)) // processes)
+
+
 def cpu_share(index: int, threads: Optional[int]) -> tuple[int, ...]:
     """The cores of this process that the `index`-th of several engines takes: the next `threads` after
     the previous ones', wrapping around when they ask for more than there are (None: all of them)."""

@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from .config import default_threads
 from .models import ModelSource, load_model, weights_dir
 from .runner import ModelRunner
 
@@ -87,7 +88,7 @@ def start_tensor_parallel(source: ModelSource, config) -> "TensorParallelRunner"
     check_tensor_parallel(source, k, config.device)
     threads = config.threads
     if device.type == "cpu" and not threads:  # K ranks share the cores
-        threads = max(1, (os.cpu_count() or 1) // k)
+        threads = default_threads(k)
         torch.set_num_threads(threads)
     store = dist.TCPStore("127.0.0.1", 0, k, is_master=True, timeout=timedelta(seconds=TIMEOUT_S), wait_for_workers=False)
     spec = dict(source=source, dtype=config.dtype, world=k, port=store.port, threads=threads, device=device.type,

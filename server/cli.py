@@ -84,7 +84,7 @@ def parse_args(argv: Optional[list[str]] = None) -> ServerConfig:
                    help="fraction of RAIN requests re-decoded with vanilla decoding when a worker is idle, "
                         "to keep the overhead estimate fresh")
     p.add_argument("--threads", type=_positive(int), default=d.threads,
-                   help="torch threads per worker (default: CPU cores / workers)")
+                   help="torch threads per worker (default: the cores this process may use / workers)")
     p.add_argument("--judge-model", default=d.judge_model,
                    help="a second model (same forms as --model) loaded into each worker on the same device, "
                         "which judges the requests that ask for rain.judge='served'")

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from rain_core.config import DEFAULT_JUDGE_GPU_MEMORY, DEFAULT_JUDGE_THRESHOLD, Backend, EngineConfig, cpu_share
+from rain_core.config import DEFAULT_JUDGE_GPU_MEMORY, DEFAULT_JUDGE_THRESHOLD, Backend, EngineConfig, cpu_share, default_threads
 from rain_core.models import DEFAULT_MODEL
 
 from .protocol import WorkerConfig
@@ -48,7 +48,7 @@ class ServerConfig:
         return self.model or DEFAULT_MODEL
 
     def worker_configs(self, gpu_count: Optional[int] = None) -> list[WorkerConfig]:
-        threads = self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+        threads = self.threads or default_threads(self.workers)
         devices = worker_devices(self.device, self.workers, self.tp, gpu_count)
         return [
             WorkerConfig(

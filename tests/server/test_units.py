@@ -153,6 +153,18 @@ def test_each_vllm_worker_on_cpu_binds_its_own_cores():
     assert [w.engine.cpus for w in ServerConfig(backend="transformers", workers=2).worker_configs()] == [None, None]  # torch's threads are not bound
 
 
+def test_default_threads_follow_the_cores_this_process_may_use():
+    """A cpuset (container limits, taskset) narrows the cores below os.cpu_count(); the default follows it."""
+    cores = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(cores)})
+        assert [w.engine.threads for w in ServerConfig(workers=2).worker_configs()] == [1, 1]
+        assert ServerConfig(workers=1).worker_configs()[0].engine.threads == 1
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert ServerConfig(workers=1).worker_configs()[0].engine.threads == len(cores)
+
+
 def test_vanilla_speed_estimate():
     speed = VanillaSpeed()
     assert speed.estimate(10, 10) is None
