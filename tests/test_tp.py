@@ -1,5 +1,6 @@
 """Tensor parallelism on CPU (gloo): K ranks must answer token for token as one rank does, refuse
-splits the model cannot take, and go down as a whole (and come back) when one rank dies."""
+splits the model cannot take, and go down as a whole (and come back) when one rank dies. On --backend
+vllm, --tp is vLLM's own tensor parallelism, and there too two ranks answer as one."""
 from __future__ import annotations
 
 import os
@@ -262,3 +263,50 @@ def test_killing_a_rank_fails_its_request_and_restarts_the_worker(tp_server):
     assert len(followers_of(health["workers"][0]["pid"])) == 2
     response = tp_server.client().chat.completions.create(model="smollm2", messages=list(MESSAGES), max_tokens=4)
     assert response.choices[0].message.content
+
+
+# vLLM's tensor parallelism: --backend vllm --tp K is vLLM's tensor_parallel_size ---------------------------
+def vllm_ranks(server_pid: int) -> int:
+    """vLLM's tensor-parallel worker processes below the server (vLLM titles them VLLM::Worker_TP<rank>)."""
+    parents, titles = {}, {}
+    for entry in Path("/proc").iterdir():
+        try:
+            titles[int(entry.name)] = (entry / "cmdline").read_bytes()
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+
+    def below_server(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == server_pid:
+                return True
+        return False
+
+    return sum(1 for pid, title in titles.items() if title.startswith(b"VLLM::Worker_TP") and below_server(pid))
+
+
+def vllm_answers(launch_server, k: int) -> tuple[list[dict], int]:
+    """A greedy answer and a seeded RAIN search, from a Qwen2.5-Coder-0.5B server over k ranks on CPU."""
+    bodies = [{"rain": {"enabled": False}, "max_tokens": 16},
+              {"rain": {"max_iters": 2, "min_iters": 2}, "max_tokens": 12, "seed": 1}]
+    with launch_server("--backend", "vllm", "--model", "qwen2.5-coder-0.5b", "--tp", str(k), "--default-mode", "vanilla",
+                       env={"VLLM_CPU_KVCACHE_SPACE": "1"}, start_timeout_s=600) as server:
+        ranks = vllm_ranks(server.process.pid)
+        replies = []
+        for body in bodies:
+            response = httpx.post(server.base_url + "/v1/chat/completions", timeout=300,
+                                  json={"model": "qwen2.5-coder-0.5b", "messages": list(MESSAGES), **body})
+            assert response.status_code == 200, response.text
+            reply = response.json()["choices"][0]
+            replies.append({"text": reply["message"]["content"], "commits": reply["rain"].get("commit_stats")})
+    return replies, ranks
+
+
+@pytest.mark.slow
+def test_vllm_over_two_ranks_answers_as_one(launch_server):
+    two, ranks = vllm_answers(launch_server, 2)
+    one, _ = vllm_answers(launch_server, 1)
+    assert ranks == 2, "vLLM did not start two tensor-parallel workers (their titles come from setproctitle)"
+    assert two == one
+    assert len(one[0]["text"]) > 20 and len(one[1]["commits"]) >= 3, one  # long enough to mean something
