@@ -203,18 +203,21 @@ def test_qwen_over_two_ranks_answers_as_one():
 
 
 # the server ----------------------------------------------------------------------------------
-def tp_processes() -> dict[int, int]:
-    """{pid: parent pid} of the processes running `rain_core.tp`."""
+def processes() -> dict[int, tuple[int, bytes]]:
+    """{pid: (parent pid, command line)} of every process."""
     found = {}
     for entry in Path("/proc").iterdir():
         try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+            found[int(entry.name)] = (int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]), cmdline)
         except (OSError, ValueError, IndexError):
             continue
-        if b"rain_core.tp" in cmdline:
-            found[int(entry.name)] = ppid
     return found
+
+
+def tp_processes() -> dict[int, int]:
+    """{pid: parent pid} of the processes running `rain_core.tp`."""
+    return {pid: ppid for pid, (ppid, cmdline) in processes().items() if b"rain_core.tp" in cmdline.split(b"\0")}
 
 
 def followers_of(pid: int) -> list[int]:
@@ -268,22 +271,16 @@ def test_killing_a_rank_fails_its_request_and_restarts_the_worker(tp_server):
 # vLLM's tensor parallelism: --backend vllm --tp K is vLLM's tensor_parallel_size ---------------------------
 def vllm_ranks(server_pid: int) -> int:
     """vLLM's tensor-parallel worker processes below the server (vLLM titles them VLLM::Worker_TP<rank>)."""
-    parents, titles = {}, {}
-    for entry in Path("/proc").iterdir():
-        try:
-            titles[int(entry.name)] = (entry / "cmdline").read_bytes()
-            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
+    table = processes()
 
     def below_server(pid: int) -> bool:
         while pid > 1:
-            pid = parents.get(pid, 0)
+            pid = table.get(pid, (0, b""))[0]
             if pid == server_pid:
                 return True
         return False
 
-    return sum(1 for pid, title in titles.items() if title.startswith(b"VLLM::Worker_TP") and below_server(pid))
+    return sum(1 for pid, (_, title) in table.items() if title.startswith(b"VLLM::Worker_TP") and below_server(pid))
 
 
 def vllm_answers(launch_server, k: int) -> tuple[list[dict], int]:
