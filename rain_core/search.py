@@ -4,6 +4,12 @@
 The search is a strategy of rain_core/ops.py: it asks for model operations on the request's state
 (the prompt plus the committed sets) and never touches a model. The model's state at tree nodes is
 never stored: a node's state is the committed state plus the path down to it.
+
+A terminal leaf's evaluation cannot change until the next commit: it is never expanded or simulated, so
+its answer text and its path's similarity texts are fixed, and both backends answer a repeated judgment
+from their verdict memo. The search keeps it (`_settled`) and backs a re-selected terminal leaf up at
+once, asking for nothing: the same iteration the paper's search runs, without its round trips. In a wave
+of parallel leaves such an iteration takes no place, so the K places go to leaves that need the model.
 """
 from __future__ import annotations
 
@@ -32,10 +38,11 @@ class RainSearch:
         self.deadline = time.perf_counter() + self.cfg.time_budget_s if self.cfg.time_budget_s else None
         # set sizes follow the answer depth, which counts commits: a resumed root sits where the last one left it
         self.tree = Tree(Node(tokens=(), prior=1.0, depth=totals.commits - 1), self.cfg)
+        self._settled: dict[Node, LeafEvaluation] = {}  # terminal leaves evaluated since the last commit
 
     # outer loop ------------------------------------------------------------------------------
     def steps(self) -> Strategy:
-        """Yield a SearchTick per iteration and a Commit proposal per chosen set; the engine
+        """Yield a SearchTick per wave and a Commit proposal per chosen set; the engine
         commits it to the answer and closes this generator once the answer has ended."""
         while True:
             iterations = max(self.tree.iterations_to_run(), 0 if self.tree.root.children else 1)
@@ -44,7 +51,7 @@ class RainSearch:
                 if self.deadline and time.perf_counter() > self.deadline:
                     yield Finish("time_budget")
                     return
-                done += yield from self._wave(min(self.cfg.parallel_leaves, iterations - done))
+                done += yield from self._wave(self.cfg.parallel_leaves, iterations - done)
                 yield SearchTick(self.totals.iterations)
                 if self.tree.should_stop_early():
                     break
@@ -53,18 +60,29 @@ class RainSearch:
             logprobs = yield Append(child.tokens, self.top_logprobs)  # the chosen set becomes the state
             self.committed.extend(child.tokens)
             self.tree.commit(child)
+            self._settled.clear()  # the paths below the new root are shorter: their similarity texts change
             yield Commit(list(child.tokens), "", stats, logprobs=logprobs)
 
     # inner loop ------------------------------------------------------------------------------
-    def _wave(self, k: int) -> Strategy:
-        """Up to `k` iterations at once: select k leaves under virtual loss (each in-flight path
-        counts as visited with a pessimistic value, so the next selection looks elsewhere), evaluate
-        them together, then expand and back up in selection order, so the result is deterministic.
-        With k = 1 this is the paper's sequential iteration. Returns the iterations run."""
+    def _wave(self, k: int, budget: int) -> Strategy:
+        """Up to `budget` iterations, at most `k` of them evaluated together: select leaves under virtual
+        loss (each in-flight path counts as visited with a pessimistic value, so the next selection looks
+        elsewhere) until k are in flight, evaluate them together, then expand and back up in selection
+        order, so the result is deterministic. A settled leaf (module docstring) is backed up as soon as
+        it is selected and takes no place. With k = 1 this is the paper's sequential iteration. Returns
+        the iterations run."""
         paths: list[list[Node]] = []
-        for _ in range(k):
+        settled = 0
+        while len(paths) < k and settled + len(paths) < budget:
             path = yield from self._select()
-            if any(self._leaf(path) is self._leaf(other) for other in paths):
+            leaf = self._leaf(path)
+            if leaf in self._settled:
+                self._iterate(path, self._settled[leaf])
+                settled += 1
+                if self.tree.should_stop_early():
+                    break
+                continue
+            if any(leaf is self._leaf(other) for other in paths):
                 break  # every other way down is already in flight: evaluating it twice adds nothing
             self.tree.add_virtual_loss(path)
             paths.append(path)
@@ -74,9 +92,14 @@ class RainSearch:
             for path in paths:
                 self.tree.release(path)
         for path, evaluation in zip(paths, evaluations):
-            self._apply(path, evaluation)
-            self.totals.iterations += 1
-        return len(paths)
+            self._iterate(path, evaluation)
+            if self._leaf(path).terminal:
+                self._settled[self._leaf(path)] = evaluation
+        return settled + len(paths)
+
+    def _iterate(self, path: list[Node], evaluation: "LeafEvaluation") -> None:
+        self._apply(path, evaluation)
+        self.totals.iterations += 1
 
     def _leaf(self, path: list[Node]) -> Node:
         return path[-1] if path else self.tree.root

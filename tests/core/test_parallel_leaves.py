@@ -8,7 +8,7 @@ import pytest
 from rain_core.backends.transformers import TransformersSession
 from rain_core.config import GenerationRequest, RainConfig, SamplingParams
 from rain_core.events import Commit, Totals
-from rain_core.ops import Append, Embed, Grow, Judge, TopTokens, drive, lockstep
+from rain_core.ops import Append, Embed, Grow, Judge, TopTokens, drive, lockstep, requested
 from rain_core.sampling import make_generator
 from rain_core.search import RainSearch
 
@@ -52,7 +52,14 @@ def recorded(strategy, asked: list):
         strategy.close()
 
 
-def search(engine, k: int, iterations: int = 6, tokens: int = 6):
+class Unsettled(dict):
+    """A search's memo of settled leaves that keeps nothing: every re-selected leaf is evaluated again."""
+
+    def __setitem__(self, leaf, evaluation):
+        pass
+
+
+def search(engine, k: int, iterations: int = 6, tokens: int = 6, settle: bool = True, stats: list = None):
     rain = RainConfig(max_iters=iterations, min_iters=iterations, parallel_leaves=k)
     request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=tokens, seed=7), rain)
     prompt = engine.request_ids(request)
@@ -60,11 +67,15 @@ def search(engine, k: int, iterations: int = 6, tokens: int = 6):
     answer = engine.new_answer(request)
     session = TransformersSession(engine, request, prompt, make_generator(7, engine.device), totals, [])
     strategy, asked = RainSearch(request, engine.tokenizer, engine.end_ids, answer, totals), []
+    if not settle:
+        strategy._settled = Unsettled()
     events = drive(recorded(strategy.steps(), asked), session)
     commits = []
     try:
         for event in events:
             if isinstance(event, Commit):
+                if stats is not None:
+                    stats.append(event.stats)
                 commits.append(answer.commit(event.token_ids))
                 if answer.finish_reason or len(commits) == 2:
                     break
@@ -106,6 +117,31 @@ def test_four_leaves_per_wave_are_evaluated_together_and_released(tiny_engine):
         node = stack.pop()
         assert node.in_flight == 0
         stack.extend(node.children)
+
+
+def judged(asked) -> int:
+    return sum(isinstance(op, Judge) for item in asked for op in requested(item) or [])
+
+
+def test_a_settled_leaf_is_backed_up_without_asking_and_the_search_is_the_paper_s(tiny_engine):
+    """At K = 1 a terminal leaf selected again is backed up with the evaluation it had: the search commits
+    the same sets with the same statistics as one that evaluates it again, and asks for fewer judgments."""
+    settled_stats, again_stats = [], []
+    settled = search(tiny_engine, k=1, iterations=30, tokens=4, stats=settled_stats)
+    again = search(tiny_engine, k=1, iterations=30, tokens=4, settle=False, stats=again_stats)
+    assert settled[0].committed == again[0].committed and settled[0].committed
+    assert settled_stats == again_stats and settled[2].iterations == again[2].iterations
+    assert judged(settled[1]) < judged(again[1])  # settled leaves were selected again, and asked nothing
+
+
+def test_settled_leaves_take_no_place_in_a_wave(tiny_engine):
+    """At K = 4 the places of a wave go to leaves that need the model: the same budget of iterations
+    takes fewer rounds of operations than when settled leaves are evaluated again."""
+    settled = search(tiny_engine, k=4, iterations=30, tokens=4)
+    again = search(tiny_engine, k=4, iterations=30, tokens=4, settle=False)
+    rounds = [sum(isinstance(item, list) for item in run[1]) for run in (settled, again)]
+    assert settled[2].iterations == again[2].iterations
+    assert rounds[0] < rounds[1] and judged(settled[1]) < judged(again[1])
 
 
 def test_a_wave_never_evaluates_the_same_leaf_twice(tiny_engine):
