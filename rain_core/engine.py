@@ -205,7 +205,7 @@ class Engine:
 
     def generate(self, request: GenerationRequest, cancel: Optional[threading.Event] = None) -> Iterator[Event]:
         """Yield Commit events (and SearchTicks under RAIN and the baselines), then one Finish. Closing
-        the generator frees its caches; `cancel` ends it at the next token or search iteration. A request
+        the generator frees its caches; `cancel` ends it at the next token or wave of the search. A request
         with a `resume` continues that answer: its sets are replayed silently (the client has their text).
         The operations run one at a time on the transformers backend, in the reference order."""
         g = self._begin(request)
