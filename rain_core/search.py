@@ -93,8 +93,9 @@ class RainSearch:
                 self.tree.release(path)
         for path, evaluation in zip(paths, evaluations):
             self._iterate(path, evaluation)
-            if self._leaf(path).terminal:
-                self._settled[self._leaf(path)] = evaluation
+            leaf = self._leaf(path)
+            if leaf.terminal:
+                self._settled[leaf] = evaluation
         return settled + len(paths)
 
     def _iterate(self, path: list[Node], evaluation: "LeafEvaluation") -> None:

@@ -3,6 +3,8 @@ rain.parallel_leaves K evaluates up to K leaves per wave under virtual loss (K =
 The search runs on the tiny random model through a session that records what it was asked."""
 from __future__ import annotations
 
+from typing import Optional
+
 import pytest
 
 from rain_core.backends.transformers import TransformersSession
@@ -59,7 +61,8 @@ class Unsettled(dict):
         pass
 
 
-def search(engine, k: int, iterations: int = 6, tokens: int = 6, settle: bool = True, stats: list = None):
+def search(engine, k: int, iterations: int = 6, tokens: int = 6, settle: bool = True,
+           stats: Optional[list] = None):
     rain = RainConfig(max_iters=iterations, min_iters=iterations, parallel_leaves=k)
     request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=tokens, seed=7), rain)
     prompt = engine.request_ids(request)
