@@ -54,7 +54,7 @@ class Judge:
 
 @dataclass(frozen=True)
 class Embed:
-    """Sentence embeddings of `texts` (answers a float tensor [len(texts), dim])."""
+    """Sentence embeddings of `texts` (answers a float tensor [len(texts), dim] on the CPU)."""
 
     texts: tuple[str, ...]
 

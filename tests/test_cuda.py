@@ -15,6 +15,7 @@ from rain_core.config import EngineConfig, GenerationRequest, RainConfig, Sampli
 from rain_core.engine import Engine
 from rain_core.models import resolve
 from rain_core.runner import TreeLayout
+from rain_core.tree import Node, Tree
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -84,6 +85,21 @@ def test_vanilla_and_rain_answer(engine):
                                              RainConfig(max_iters=2, min_iters=2)))
     assert rain.text.strip() and rain.finish_reason in ("stop", "length")
     assert rain.totals.iterations >= 2
+
+
+def test_the_similarity_update_takes_the_embedders_vectors(engine):
+    """The sentence encoder runs on the GPU; the tree's similarity update compares its vectors with the
+    siblings' on the CPU (a CUDA vector there once failed every search whose update found a similar sibling)."""
+    same, other = "The sky is blue because air scatters blue light.", "Bake the bread for forty minutes."
+    vectors = engine.embedder.embed([same, same, other])
+    root = Node((), 1.0, -1)
+    leaf, twin, stranger = (Node((t,), 0.3, 0, parent=root) for t in (1, 2, 3))
+    root.children = [leaf, twin, stranger]
+    twin.n, twin.q, twin.embedding = 1.0, 0.5, vectors[1]
+    stranger.n, stranger.q, stranger.embedding = 1.0, 0.5, vectors[2]
+    Tree(root, RainConfig()).update_similarity([leaf], vectors[:1], -1.0)
+    assert twin.n > 1.0 and twin.q < 0.5  # the same text: a fractional visit valued -1
+    assert (stranger.n, stranger.q) == (1.0, 0.5)
 
 
 def test_more_ranks_than_gpus_is_refused():
