@@ -2,7 +2,7 @@
 
     python -m bench.throughput [--backends transformers,vllm] [--modes vanilla,budget2,paper_pl1,paper_pl4]
         [--clients 1,2,4,8,16] [--requests-per-client 4] [--max-tokens 32] [--peer/--no-peer]
-        [--step-rows 1,8,16,64] [--server-flags '...'] [--out FILE]
+        [--step-rows 1,8,16,64] [--device cuda --dtype bfloat16] [--server-flags '...'] [--out FILE]
 
 `--modes budget2_served` is budget 2 judged by a --judge-model, which `--server-flags` loads.
 
@@ -19,7 +19,7 @@ With --peer it also starts vLLM's own OpenAI server on the same weights (the de-
 that rain_core writes into its cache, and its tokenizer) and measures it with the same client in
 the vanilla mode. The step cost: for transformers, one forward of R rows, one new token each on
 top of a short cached prompt, through rain_core's ModelRunner and TreeLayout (how RAIN's search
-feeds branches side by side), in this process; for vLLM, one /v1/completions request of R copies
+feeds branches side by side), in this process, on the servers' `--device` and `--dtype`; for vLLM, one /v1/completions request of R copies
 of a short prompt with max_tokens=1 through the peer (so it includes HTTP and scheduling).
 
 Every server this process starts runs in its own process group and is stopped on exit, Ctrl-C or
@@ -215,7 +215,7 @@ def warm_up(base_url: str) -> None:
 # servers -------------------------------------------------------------------------------------------
 def rain_serve_argv(backend: Optional[str], port: int, args) -> list[str]:
     flags = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--threads", str(args.threads),
-             "--max-running-per-worker", str(max(args.clients)), "--max-queue", "256",
+             "--device", args.device, "--dtype", args.dtype, "--max-running-per-worker", str(max(args.clients)), "--max-queue", "256",
              "--request-timeout", str(int(args.request_timeout))]
     if backend is not None:
         flags += ["--backend", backend]
@@ -256,15 +256,15 @@ def peer_model_dirs(model: str, scratch: Path) -> tuple[str, Optional[str]]:
     return weights, str(tokenizer)
 
 
-def peer_argv(weights: str, tokenizer: Optional[str], port: int) -> list[str]:
+def peer_argv(weights: str, tokenizer: Optional[str], port: int, dtype: str) -> list[str]:
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", weights,
-            "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+            "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype,
             "--max-model-len", "2048"]
     return argv + (["--tokenizer", tokenizer] if tokenizer else [])
 
 
 # step cost -----------------------------------------------------------------------------------------
-def step_cost_transformers(model: str, threads: int, rows: list[int], prompt: str) -> dict:
+def step_cost_transformers(model: str, threads: int, device: str, dtype: str, rows: list[int], prompt: str) -> dict:
     import torch
 
     from rain_core.models import load_model, load_tokenizer, resolve
@@ -273,7 +273,13 @@ def step_cost_transformers(model: str, threads: int, rows: list[int], prompt: st
     torch.set_num_threads(threads)
     source = resolve(model)
     tokenizer = load_tokenizer(source)
-    runner = ModelRunner(load_model(source), torch.device("cpu"))
+    runner = ModelRunner(load_model(source, device, dtype), torch.device(device))
+
+    def synchronized() -> float:  # a GPU forward returns before its kernels end
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize(runner.device)
+        return time.perf_counter()
+
     prompt_ids = tokenizer(prompt)["input_ids"]
     cache = runner.new_cache()
     runner.forward(cache, torch.tensor(prompt_ids))
@@ -288,13 +294,13 @@ def step_cost_transformers(model: str, threads: int, rows: list[int], prompt: st
         times = []
         for _ in range(STEP_REPEATS + 1):  # the first is a warm-up
             position_ids, mask = layout.append(list(range(r)), [keep] * r)  # R branches, one token each
-            started = time.perf_counter()
+            started = synchronized()
             runner.forward(cache, ids, position_ids, mask, torch.arange(r))
-            times.append(time.perf_counter() - started)
+            times.append(synchronized() - started)
             runner.truncate(cache, keep)
             layout.truncate(keep)
         ms[r] = 1000 * statistics.median(times[1:])
-    return {"engine": "transformers", "threads": threads, "prompt_tokens": keep,
+    return {"engine": "transformers", "threads": threads, "device": device, "dtype": dtype, "prompt_tokens": keep,
             "method": "rain_core ModelRunner.forward of R rows (one new token each, R TreeLayout branches) on a "
                       f"cached {keep}-token prompt, in the bench process, median of {STEP_REPEATS} after a warm-up; "
                       "it is one decode step, so 'ms' and 'decode ms' are the same",
@@ -389,7 +395,9 @@ def parse_args(argv=None):
     p.add_argument("--model", default=MODEL)
     p.add_argument("--threads", type=int, default=2, help="torch threads of rain-serve's worker and of the step cost")
     p.add_argument("--request-timeout", type=float, default=3600.0, help="seconds, client and server")
-    p.add_argument("--server-flags", default="", help="more rain-serve flags, e.g. '--dtype bfloat16 --device cuda'")
+    p.add_argument("--device", default="cpu", help="rain-serve's --device, and the transformers step cost's")
+    p.add_argument("--dtype", default="float32", help="rain-serve's --dtype, the step cost's and the peer's")
+    p.add_argument("--server-flags", default="", help="more rain-serve flags, e.g. '--judge-model qwen2.5-coder-0.5b'")
     p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "evaldata")
     p.add_argument("--prompts", type=int, default=64, help="the first N HH red-team prompts, used in turn")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
@@ -406,7 +414,8 @@ def measure(args, scratch: Path, running: list, result: dict) -> None:
     """Fill `result` as measurements come in (so that an interrupted run still reports what it measured)."""
     prompts = load_prompts(args.data, args.prompts)
     if "transformers" in args.backends and args.step_rows:  # before any server, so that none competes for the cores
-        result["step_cost"].append(step_cost_transformers(args.model, args.threads, args.step_rows, prompts[0]))
+        result["step_cost"].append(step_cost_transformers(args.model, args.threads, args.device, args.dtype, args.step_rows,
+                                                          prompts[0]))
         print(json.dumps(result["step_cost"][-1]), flush=True)
     for backend in args.backends:
         server = f"rain-serve/{backend}"
@@ -425,7 +434,7 @@ def measure(args, scratch: Path, running: list, result: dict) -> None:
         try:
             weights, tokenizer = peer_model_dirs(args.model, scratch)
             port = free_port()
-            argv = peer_argv(weights, tokenizer, port)
+            argv = peer_argv(weights, tokenizer, port, args.dtype)
             from rain_core.backends.vllm import cpu_binding
             from rain_core.config import EngineConfig
 
@@ -469,7 +478,8 @@ def main(argv=None) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="rain-throughput-"))  # kept: the servers' logs
     print(f"server logs in {scratch}", flush=True)
     result = {"model": args.model, "max_tokens": args.max_tokens, "clients": args.clients,
-              "requests_per_client": args.requests_per_client, "threads": args.threads,
+              "requests_per_client": args.requests_per_client, "threads": args.threads, "device": args.device,
+              "dtype": args.dtype,
               "command": "python -m bench.throughput " + shlex.join(sys.argv[1:] if argv is None else argv),
               "servers": {}, "levels": [], "unavailable": [], "step_cost": []}
     try:
