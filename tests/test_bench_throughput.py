@@ -46,3 +46,15 @@ def test_tables():
     text = table({"levels": [asdict(level)], "unavailable": [{"server": "rain-serve/vllm", "mode": None, "reason": "exit 2"}]})
     assert "| vllm-peer | vanilla | 2 | 1/0 | 32 | 2.0 | **16.0** | 0.25 | 1.00 | 1.00 |" in text
     assert "| rain-serve/vllm | all | unavailable: exit 2 |" in text
+
+
+def test_search_profile_ratios_pair_each_prompt_s_runs_and_take_the_median():
+    from bench.search_profile import Profile, Run, ratios, table as profile_table
+
+    runs = [Run(0, 1, 20.0, 100, 200, 4000, "a"), Run(0, 4, 10.0, 100, 100, 4400, "a"),
+            Run(1, 1, 30.0, 120, 100, 5000, "b"), Run(1, 4, 36.0, 132, 80, 5000, "b")]
+    assert ratios(runs, 4) == {"wall_s": 0.85, "iterations": 1.05, "forward_calls": 0.65, "tokens_fed": 1.05}
+    assert ratios(runs[:1], 4) == {}  # no K=4 run of that prompt: nothing to pair
+    text = profile_table(runs, [Profile(4, 12.5, 900, 0, None, [{"op": "aten::mm", "count": 3, "self_cpu_ms": 7.5}])], 4)
+    assert "| **K=4 / K=1, median** | | **0.85** | 1.05 | 0.65 | 1.05 |" in text
+    assert "| 4 | 12.50 | 900 | 0 | - |" in text and "| aten::mm | 3 | 7.5 | - |" in text
