@@ -6,9 +6,13 @@
 #      vanilla and a 2-iteration RAIN budget under 1, 8 and 16 streaming clients, and one engine step of
 #      1, 8, 16 and 64 rows on the GPU;
 #   3. bench.throughput, the paper's defaults at parallel_leaves 1 and 4, one client, RAIN_CHECK_PL_REQUESTS
-#      requests each: the single-request latency that parallel leaves buy.
+#      requests each: the single-request latency that parallel leaves buy;
+#   4. bench.search_profile: the same two settings in process, with forward calls, operators, kernel launches
+#      and the GPU's busy time (why K=4 was slower than K=1 on the transformers backend on an H200).
 # Then it prints the issue's GPU figures (budget 2 at 8 clients over 1 client; K=4 over K=1 median latency).
-# Multi-rank (--tp K) correctness is proven on CPU by tests/test_tp.py.
+# Multi-rank (--tp K) correctness is proven on CPU by tests/test_tp.py. On a GPU image with torch and
+# transformers but no registry, scripts/gpu_wheels.sh packs what else it needs. The defaults fit about 8 minutes
+# per backend on an H200.
 #   scripts/gpu_check.sh            # uses .venv if there is one, else python3 (needs CUDA torch)
 #   PYTHON=/path/python RAIN_CHECK_BACKENDS=transformers RAIN_CHECK_OUT=/tmp/out scripts/gpu_check.sh
 set -euo pipefail
@@ -22,7 +26,7 @@ backends="${RAIN_CHECK_BACKENDS:-vllm,transformers}"
 device="${RAIN_CHECK_DEVICE:-cuda}"
 dtype="${RAIN_CHECK_DTYPE:-bfloat16}"
 max_tokens="${RAIN_CHECK_MAX_TOKENS:-32}"
-pl_requests="${RAIN_CHECK_PL_REQUESTS:-3}"
+pl_requests="${RAIN_CHECK_PL_REQUESTS:-2}"
 pl_max_tokens="${RAIN_CHECK_PL_MAX_TOKENS:-16}"
 out="${RAIN_CHECK_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/rain-gpu-check.XXXXXX")}"
 mkdir -p "$out/scratch"
@@ -68,13 +72,18 @@ bench=("$PYTHON" -m bench.throughput --backends "$backends" --no-peer --model "$
 
 echo "== bench.throughput: vanilla and budget 2 under 1, 8, 16 clients; one engine step of 1 to 64 rows"
 timeout "${RAIN_CHECK_LOAD_TIMEOUT_S:-240}" "${bench[@]}" --modes vanilla,budget2 --clients 1,8,16 \
-  --requests-per-client 2 --max-tokens "$max_tokens" --step-rows 1,8,16,64 --out "$out/throughput_load.json" \
+  --requests-per-client 1 --max-tokens "$max_tokens" --step-rows 1,8,16,64 --out "$out/throughput_load.json" \
   | sed -n '/^| server/,$p' || status=1
 
 echo "== bench.throughput: the paper's defaults at parallel_leaves 1 and 4, one client"
 timeout "${RAIN_CHECK_PL_TIMEOUT_S:-240}" "${bench[@]}" --modes paper_pl1,paper_pl4 --clients 1 \
   --requests-per-client "$pl_requests" --max-tokens "$pl_max_tokens" --step-rows "" --out "$out/throughput_pl.json" \
   | sed -n '/^| server/,$p' || status=1
+
+echo "== bench.search_profile: parallel_leaves 1 and 4 in process, profiled"
+timeout "${RAIN_CHECK_PROFILE_TIMEOUT_S:-180}" "$PYTHON" -m bench.search_profile --model "$model" --device "$device" \
+  --dtype "$dtype" --threads 4 --k 4 --prompts 2 --max-tokens 8 --data "$data" --out "$out/search_profile.json" \
+  | sed -n '/^| prompt/,$p' || status=1
 
 echo "== figures"
 # bench.throughput records a server that does not start, or failed requests, instead of exiting: check.
@@ -115,7 +124,7 @@ if [ "$status" != 0 ]; then
     [ -f "$log" ] && { echo "-- last lines of $log"; tail -n 15 "$log"; }
   done
 fi
-echo "(results: $out/throughput_load.json, $out/throughput_pl.json)"
+echo "(results: $out/throughput_load.json, $out/throughput_pl.json, $out/search_profile.json)"
 
 if [ "$status" = 0 ]; then echo "== gpu_check: all passed"; else echo "== gpu_check: FAILED"; fi
 exit "$status"
