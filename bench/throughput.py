@@ -206,10 +206,12 @@ def run_modes(base_url: str, server: str, modes: list[str], levels: list[int], a
             result["levels"].append(asdict(level))
 
 
-def warm_up(base_url: str) -> None:
-    """One short vanilla request, so that nothing the first request pays for is measured."""
+def warm_up(base_url: str, modes: list[str]) -> None:
+    """One short request per mode, so that nothing a first request pays for is measured: on a GPU the first
+    search loads kernels and grows the allocator's pool, which would count against whichever mode came first."""
     with httpx.Client(base_url=base_url, timeout=300) as client:
-        stream_one(client, body("Hello", "vanilla", 4, 0))
+        for mode in modes:
+            stream_one(client, body("Hello", mode, 2, 0))
 
 
 # servers -------------------------------------------------------------------------------------------
@@ -426,7 +428,7 @@ def measure(args, scratch: Path, running: list, result: dict) -> None:
             print(f"{server}: unavailable ({exc})", flush=True)
             continue
         result["servers"][server] = {"command": shlex.join(argv), **({"note": note} if note else {})}
-        warm_up(base_url)
+        warm_up(base_url, args.modes)
         run_modes(base_url, server, args.modes, args.clients, args, prompts, result)
         stop_server(running.pop())
     if args.peer:
@@ -453,7 +455,7 @@ def measure(args, scratch: Path, running: list, result: dict) -> None:
             result["step_cost"].append({"engine": "vllm", "reason": f"the peer did not start: {why}"})
             print(f"vllm-peer: unavailable ({exc})", flush=True)
         else:
-            warm_up(base_url)
+            warm_up(base_url, ["vanilla"])
             if vanilla:
                 run_modes(base_url, "vllm-peer", ["vanilla"], args.clients, args, prompts, result)
             if args.step_rows:
