@@ -56,18 +56,19 @@ def request(prompt: str, k: int, max_tokens: int, seed: int) -> GenerationReques
                              RainConfig(parallel_leaves=k))
 
 
-def synchronize(engine: Engine) -> None:
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize(engine.device)
+def synchronized(device: torch.device) -> float:
+    """time.perf_counter() once the device's queued work has ended (a GPU call returns before its kernels do)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def timed(engine: Engine, index: int, prompt: str, k: int, max_tokens: int, seed: int) -> Run:
-    synchronize(engine)
-    started = time.perf_counter()
+    started = synchronized(engine.device)
     finish = engine.complete(request(prompt, k, max_tokens, seed))
-    synchronize(engine)
+    wall = synchronized(engine.device) - started
     t = finish.totals
-    return Run(index, k, round(time.perf_counter() - started, 3), t.iterations, t.forward_calls, t.tokens_fed, finish.text)
+    return Run(index, k, round(wall, 3), t.iterations, t.forward_calls, t.tokens_fed, finish.text)
 
 
 def profiled(engine: Engine, prompt: str, k: int, max_tokens: int, seed: int, top: int) -> Profile:
@@ -75,11 +76,10 @@ def profiled(engine: Engine, prompt: str, k: int, max_tokens: int, seed: int, to
 
     cuda = engine.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    synchronize(engine)
-    started = time.perf_counter()
+    started = synchronized(engine.device)
     with profile(activities=activities) as prof:
         engine.complete(request(prompt, k, max_tokens, seed))
-        synchronize(engine)
+        synchronized(engine.device)
     wall = time.perf_counter() - started
     averages = prof.key_averages()
 
@@ -148,7 +148,8 @@ def main(argv=None) -> None:
         for k in (1, args.k):
             runs.append(timed(engine, i, prompt, k, args.max_tokens, args.seed + i))
             print(json.dumps(asdict(runs[-1])), flush=True)
-    profiles = [profiled(engine, prompts[0], k, args.max_tokens, args.seed, args.top) for k in (1, args.k)] if args.profile else []
+    profiles = ([profiled(engine, prompts[0], k, args.max_tokens, args.seed, args.top) for k in (1, args.k)]
+                if args.profile else [])
     result = {"model": engine.model_name, "device": args.device, "dtype": args.dtype, "k": args.k,
               "max_tokens": args.max_tokens, "runs": [asdict(r) for r in runs], "ratios": ratios(runs, args.k),
               "profiles": [asdict(p) for p in profiles]}

@@ -19,8 +19,9 @@ With --peer it also starts vLLM's own OpenAI server on the same weights (the de-
 that rain_core writes into its cache, and its tokenizer) and measures it with the same client in
 the vanilla mode. The step cost: for transformers, one forward of R rows, one new token each on
 top of a short cached prompt, through rain_core's ModelRunner and TreeLayout (how RAIN's search
-feeds branches side by side), in this process, on the servers' `--device` and `--dtype`; for vLLM, one /v1/completions request of R copies
-of a short prompt with max_tokens=1 through the peer (so it includes HTTP and scheduling).
+feeds branches side by side), in this process, on the servers' `--device` and `--dtype`; for vLLM, one
+/v1/completions request of R copies of a short prompt with max_tokens=1 through the peer (so it includes
+HTTP and scheduling).
 
 Every server this process starts runs in its own process group and is stopped on exit, Ctrl-C or
 an exception.
@@ -217,8 +218,8 @@ def warm_up(base_url: str, modes: list[str]) -> None:
 # servers -------------------------------------------------------------------------------------------
 def rain_serve_argv(backend: Optional[str], port: int, args) -> list[str]:
     flags = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--threads", str(args.threads),
-             "--device", args.device, "--dtype", args.dtype, "--max-running-per-worker", str(max(args.clients)), "--max-queue", "256",
-             "--request-timeout", str(int(args.request_timeout))]
+             "--device", args.device, "--dtype", args.dtype, "--max-running-per-worker", str(max(args.clients)),
+             "--max-queue", "256", "--request-timeout", str(int(args.request_timeout))]
     if backend is not None:
         flags += ["--backend", backend]
     return [sys.executable, "-m", "server.cli", *flags, *shlex.split(args.server_flags)]
@@ -269,6 +270,7 @@ def peer_argv(weights: str, tokenizer: Optional[str], port: int, dtype: str) -> 
 def step_cost_transformers(model: str, threads: int, device: str, dtype: str, rows: list[int], prompt: str) -> dict:
     import torch
 
+    from bench.search_profile import synchronized
     from rain_core.models import load_model, load_tokenizer, resolve
     from rain_core.runner import ModelRunner, TreeLayout
 
@@ -276,11 +278,6 @@ def step_cost_transformers(model: str, threads: int, device: str, dtype: str, ro
     source = resolve(model)
     tokenizer = load_tokenizer(source)
     runner = ModelRunner(load_model(source, device, dtype), torch.device(device))
-
-    def synchronized() -> float:  # a GPU forward returns before its kernels end
-        if runner.device.type == "cuda":
-            torch.cuda.synchronize(runner.device)
-        return time.perf_counter()
 
     prompt_ids = tokenizer(prompt)["input_ids"]
     cache = runner.new_cache()
@@ -296,9 +293,9 @@ def step_cost_transformers(model: str, threads: int, device: str, dtype: str, ro
         times = []
         for _ in range(STEP_REPEATS + 1):  # the first is a warm-up
             position_ids, mask = layout.append(list(range(r)), [keep] * r)  # R branches, one token each
-            started = synchronized()
+            started = synchronized(runner.device)
             runner.forward(cache, ids, position_ids, mask, torch.arange(r))
-            times.append(synchronized() - started)
+            times.append(synchronized(runner.device) - started)
             runner.truncate(cache, keep)
             layout.truncate(keep)
         ms[r] = 1000 * statistics.median(times[1:])
