@@ -147,6 +147,9 @@ class GenerationRequest:
     # The client reads the answer as it is made: self_check then judges it sentence by sentence, so
     # that no text leaves before a judgment of everything up to it.
     streamed: bool = False
+    # Requests share cached prompt states only with requests of the same salt (vLLM's prefix cache; the
+    # transformers backend keeps nothing of a request for the next): one tenant cannot time another's prompts.
+    cache_salt: Optional[str] = None
 
     @classmethod
     def completion(cls, text: str, params: SamplingParams, rain: Optional[RainConfig] = None) -> "GenerationRequest":

@@ -23,6 +23,7 @@ INT64 = (-(2**63), 2**63 - 1)  # OpenAI's seed is an int64; torch takes nothing 
 MAX_CHOICES = 8
 MAX_TOP_LOGPROBS = 20
 MAX_BEST_OF = 8
+MAX_CACHE_SALT = 128  # characters, as vLLM's server takes
 MAX_PARALLEL_LEAVES = 16  # leaves evaluated together per search round; more mostly costs search strength
 # RAIN's search knobs: a baseline strategy has no search for them to shape, so they are refused there
 SEARCH_OPTIONS = frozenset({"max_iters", "min_iters", "min_visits", "value_threshold", "c_puct", "q_normalization",
@@ -139,6 +140,8 @@ class GenerationBody(Strict):
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
     stream: bool = False
     user: Optional[str] = Field(None, max_length=256)
+    # vLLM's extension, with its bounds: prompt states are cached and shared only among requests of one salt
+    cache_salt: Optional[str] = Field(None, min_length=1, max_length=MAX_CACHE_SALT)
     rain: Optional[RainOptions] = None
 
     @property
@@ -175,7 +178,7 @@ class GenerationBody(Strict):
         params = SamplingParams(max_new_tokens, self.stops, self.seed_value, self.temperature, self.top_p,
                                 self.top_logprobs_count)
         rain = (self.rain or RainOptions()).config(self.temperature, self.top_p) if mode == "rain" else None
-        return replace(self.with_prompt(params, rain), streamed=self.stream)
+        return replace(self.with_prompt(params, rain), streamed=self.stream, cache_salt=self.cache_salt)
 
     def with_prompt(self, params: SamplingParams, rain: Optional[RainConfig]) -> GenerationRequest:
         raise NotImplementedError

@@ -337,6 +337,12 @@ class VllmSession:
         """A seed per operation and row: a seeded request repeats its samples on this backend."""
         return (self.seed * 1_000_003 + next(self._ops) * 1009 + row) % SEED_SPACE
 
+    def _prompt(self, ids: list[int]) -> TokensPrompt:
+        """An engine prompt under the request's cache salt: its prefix-cache blocks are shared only with
+        requests of the same salt (vLLM mixes the salt into the first block's hash, so every block after differs)."""
+        salt = self.request.cache_salt
+        return TokensPrompt(prompt_token_ids=ids, cache_salt=salt) if salt else TokensPrompt(prompt_token_ids=ids)
+
     async def _generate(self, prompt: list[int], params: SamplingParams, llm: Optional[AsyncLLM] = None):
         """One engine request to its end (on the served model's engine unless `llm` names the judge's);
         its final RequestOutput."""
@@ -347,7 +353,7 @@ class VllmSession:
         self._live[rid] = llm
         final = None
         try:
-            async for out in llm.generate(TokensPrompt(prompt_token_ids=prompt), params, rid):
+            async for out in llm.generate(self._prompt(prompt), params, rid):
                 final = out
         finally:
             self._live.pop(rid, None)
@@ -485,7 +491,7 @@ class VllmSession:
         self.totals.forward_calls += 1
         cached, generated = None, 0
         try:
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, rid):
+            async for out in self.llm.generate(self._prompt(prompt), params, rid):
                 if cached is None:
                     cached = out.num_cached_tokens or 0
                     self.totals.tokens_fed += len(prompt) - cached

@@ -106,6 +106,9 @@ def test_seed_makes_sampling_repeatable(rain_server):
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools", "unsupported_parameter"),
     ({"top_logprobs": 3}, "top_logprobs", "invalid_value"),  # without logprobs: true
     ({"seed": 2**70}, "seed", "invalid_value"),
+    ({"cache_salt": ""}, "cache_salt", "invalid_value"),
+    ({"cache_salt": "s" * 129}, "cache_salt", "invalid_value"),
+    ({"cache_salt": 7}, "cache_salt", "invalid_value"),
     ({"frobnicate": 1}, "frobnicate", "unknown_parameter"),
     ({"rain": {"max_iters": 0}}, "rain.max_iters", "invalid_value"),
     ({"max_tokens": 9000}, "max_tokens", "invalid_value"),  # prompt + max_tokens beyond the 8192 context

@@ -73,6 +73,30 @@ def test_vllm_serves_vanilla_and_rain_with_parallel_leaves(vllm_server):
         assert summary["vanilla_estimate_s"] is None
 
 
+def test_a_cache_salt_shares_cached_prompts_only_within_the_salt(vllm_server, rain_server):
+    """vLLM's cache_salt: a seeded search run again under its salt finds its prompts cached (the judge's
+    few-shot prefix, the conversation, the states it grew) and computes far less; under a fresh salt it
+    shares nothing with the first run and computes what that run did. The reference backend takes the
+    field (it keeps nothing of a request for the next) and answers as without it."""
+    body = seeded("How do I stay safe online?", rain={"max_iters": 2, "min_iters": 2})
+
+    def ask(server, salt=None):
+        response = httpx.post(server.base_url + "/v1/chat/completions", timeout=600,
+                              json=body if salt is None else {**body, "cache_salt": salt})
+        assert response.status_code == 200, response.text
+        return response.json()["rain"]["tokens_fed"], response.json()["choices"][0]["message"]["content"]
+
+    salt, other = (f"tenant-{os.urandom(8).hex()}" for _ in range(2))
+    first, answer = ask(vllm_server, salt)
+    again, repeated = ask(vllm_server, salt)
+    fresh, unshared = ask(vllm_server, other)
+    print(f"tokens computed: {first} first, {again} again under its salt, {fresh} under another")
+    assert answer == repeated == unshared
+    assert again < first / 2
+    assert fresh == pytest.approx(first, rel=0.05)
+    assert ask(rain_server, salt)[1] == ask(rain_server)[1]
+
+
 def test_vllm_streams_committed_sets(vllm_server):
     chunks = list(vllm_server.client().chat.completions.create(
         model="smollm2", messages=[{"role": "user", "content": "Tell me a fact."}], max_tokens=6, stream=True,
