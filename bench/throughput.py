@@ -9,6 +9,8 @@
 For each backend it starts `rain-serve --backend NAME` on a free loopback port (one worker, as many
 running requests as the most clients), and for each mode and clients level K runs K clients, each
 sending its requests back to back, streamed (SSE), with the HH red-team prompts of ../shared/evaldata.
+Each level sends its own `cache_salt` (vLLM's extension), after one unmeasured short request under it:
+the levels reuse the same prompts and seeds, so no level reads prompt states another level cached.
 Per level: completion tokens over the level's wall time (all clients), time to first token p50,
 latency p50/p95, requests ok/failed. A backend whose server does not start is recorded as
 unavailable with the reason (the transformers backend falls back to a server without --backend
@@ -96,10 +98,10 @@ class Level:
 
 
 # one request -------------------------------------------------------------------------------------
-def body(prompt: str, mode: str, max_tokens: int, seed: int) -> dict:
+def body(prompt: str, mode: str, max_tokens: int, seed: int, salt: str) -> dict:
     rain = MODES[mode]
     b = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-         "stream": True, "stream_options": {"include_usage": True}}
+         "stream": True, "stream_options": {"include_usage": True}, "cache_salt": salt}
     if rain is None:
         return {**b, "temperature": 0.0, "rain": {"enabled": False}}  # greedy on both servers; vLLM ignores `rain`
     return {**b, "seed": seed, "rain": rain}  # no temperature: under RAIN it would set the candidates'
@@ -162,8 +164,24 @@ def level_stats(server: str, mode: str, clients: int, samples: list[Sample], wal
                  pct(latencies, 95), dict(failures))
 
 
+def level_salt(server: str, mode: str, clients: int) -> str:
+    """Every level reads only prefix-cache blocks it wrote itself (after its warm-up): the levels reuse the same
+    prompts and seeds, so without it a later mode or level would find an earlier one's prompt states cached."""
+    return f"{server}:{mode}:{clients}".replace("/", "-")  # vLLM refuses '/' in a salt
+
+
+def warm_up(base_url: str, mode: str, salt: str) -> None:
+    """One short unmeasured request first, so that nothing a first request pays for is measured: on a GPU the
+    first search loads kernels and grows the allocator's pool; under a new salt the chat template's and the
+    judge's shared prefixes are computed once, as on a server that has run for a while."""
+    with httpx.Client(base_url=base_url, timeout=300) as client:
+        stream_one(client, body("Hello", mode, 2, 0, salt))
+
+
 def run_level(base_url: str, server: str, mode: str, clients: int, per_client: int, prompts: list[str],
               max_tokens: int, timeout_s: float) -> Level:
+    salt = level_salt(server, mode, clients)
+    warm_up(base_url, mode, salt)
     samples: list[Sample] = []
     lock = threading.Lock()
     go = threading.Barrier(clients + 1)
@@ -173,7 +191,7 @@ def run_level(base_url: str, server: str, mode: str, clients: int, per_client: i
             go.wait()
             for j in range(per_client):
                 n = i * per_client + j
-                sample = stream_one(client, body(prompts[n % len(prompts)], mode, max_tokens, seed=n))
+                sample = stream_one(client, body(prompts[n % len(prompts)], mode, max_tokens, n, salt))
                 with lock:
                     samples.append(sample)
 
@@ -205,14 +223,6 @@ def run_modes(base_url: str, server: str, modes: list[str], levels: list[int], a
                 print(f"{server} {mode}: unavailable ({why})", flush=True)
                 break
             result["levels"].append(asdict(level))
-
-
-def warm_up(base_url: str, modes: list[str]) -> None:
-    """One short request per mode, so that nothing a first request pays for is measured: on a GPU the first
-    search loads kernels and grows the allocator's pool, which would count against whichever mode came first."""
-    with httpx.Client(base_url=base_url, timeout=300) as client:
-        for mode in modes:
-            stream_one(client, body("Hello", mode, 2, 0))
 
 
 # servers -------------------------------------------------------------------------------------------
@@ -425,7 +435,6 @@ def measure(args, scratch: Path, running: list, result: dict) -> None:
             print(f"{server}: unavailable ({exc})", flush=True)
             continue
         result["servers"][server] = {"command": shlex.join(argv), **({"note": note} if note else {})}
-        warm_up(base_url, args.modes)
         run_modes(base_url, server, args.modes, args.clients, args, prompts, result)
         stop_server(running.pop())
     if args.peer:
@@ -452,7 +461,6 @@ def measure(args, scratch: Path, running: list, result: dict) -> None:
             result["step_cost"].append({"engine": "vllm", "reason": f"the peer did not start: {why}"})
             print(f"vllm-peer: unavailable ({exc})", flush=True)
         else:
-            warm_up(base_url, ["vanilla"])
             if vanilla:
                 run_modes(base_url, "vllm-peer", ["vanilla"], args.clients, args, prompts, result)
             if args.step_rows:

@@ -24,6 +24,7 @@ MAX_CHOICES = 8
 MAX_TOP_LOGPROBS = 20
 MAX_BEST_OF = 8
 MAX_CACHE_SALT = 128  # characters, as vLLM's server takes
+CACHE_SALT = r"^[^@/\\\x00]+$"  # vLLM's server refuses these: cache backends may put the salt in keys and paths
 MAX_PARALLEL_LEAVES = 16  # leaves evaluated together per search round; more mostly costs search strength
 # RAIN's search knobs: a baseline strategy has no search for them to shape, so they are refused there
 SEARCH_OPTIONS = frozenset({"max_iters", "min_iters", "min_visits", "value_threshold", "c_puct", "q_normalization",
@@ -141,7 +142,7 @@ class GenerationBody(Strict):
     stream: bool = False
     user: Optional[str] = Field(None, max_length=256)
     # vLLM's extension, with its bounds: prompt states are cached and shared only among requests of one salt
-    cache_salt: Optional[str] = Field(None, min_length=1, max_length=MAX_CACHE_SALT)
+    cache_salt: Optional[str] = Field(None, max_length=MAX_CACHE_SALT, pattern=CACHE_SALT)
     rain: Optional[RainOptions] = None
 
     @property

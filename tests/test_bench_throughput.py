@@ -1,9 +1,11 @@
 """bench.throughput's statistics, request bodies and tables on hand-made numbers (no server, nothing timed)."""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 
-from bench.throughput import Sample, body, level_stats, ratios, refused, step_table, table
+from bench.throughput import Sample, body, level_salt, level_stats, ratios, refused, step_table, table
+from server.schemas import CACHE_SALT
 
 
 def test_level_counts_only_answered_requests_and_divides_by_the_wall_time():
@@ -28,12 +30,19 @@ def test_a_mode_is_unavailable_only_when_every_request_was_a_400():
 
 
 def test_only_the_paper_modes_send_parallel_leaves_and_vanilla_is_greedy():
-    vanilla = body("hi", "vanilla", 32, seed=3)
+    vanilla = body("hi", "vanilla", 32, 3, "s")
     assert vanilla["rain"] == {"enabled": False} and vanilla["temperature"] == 0.0 and vanilla["stream"]
-    assert body("hi", "budget2", 32, 3)["rain"] == {"max_iters": 2, "min_iters": 2}
-    assert "temperature" not in body("hi", "budget2", 32, 3)  # under RAIN it would set the candidates' temperature
-    assert body("hi", "paper_pl4", 32, 3)["rain"] == {"parallel_leaves": 4}
-    assert all("parallel_leaves" not in str(body("hi", m, 8, 0)) for m in ("vanilla", "budget2"))
+    assert body("hi", "budget2", 32, 3, "s")["rain"] == {"max_iters": 2, "min_iters": 2}
+    assert "temperature" not in body("hi", "budget2", 32, 3, "s")  # under RAIN it would set the candidates' temperature
+    assert body("hi", "paper_pl4", 32, 3, "s")["rain"] == {"parallel_leaves": 4}
+    assert all("parallel_leaves" not in str(body("hi", m, 8, 0, "s")) for m in ("vanilla", "budget2"))
+
+
+def test_no_two_levels_share_cached_prompt_states():
+    salts = {level_salt(server, mode, clients) for server in ("rain-serve/vllm", "vllm-peer")
+             for mode in ("vanilla", "paper_pl1", "paper_pl4") for clients in (1, 2, 16)}
+    assert len(salts) == 18 and all(re.fullmatch(CACHE_SALT, s) and len(s) <= 128 for s in salts)  # vLLM's bounds
+    assert body("hi", "paper_pl4", 8, 0, "salt")["cache_salt"] == "salt"
 
 
 def test_tables():

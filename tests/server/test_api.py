@@ -109,6 +109,8 @@ def test_seed_makes_sampling_repeatable(rain_server):
     ({"cache_salt": ""}, "cache_salt", "invalid_value"),
     ({"cache_salt": "s" * 129}, "cache_salt", "invalid_value"),
     ({"cache_salt": 7}, "cache_salt", "invalid_value"),
+    ({"cache_salt": "tenant/7"}, "cache_salt", "invalid_value"),
+    ({"cache_salt": "a\u0000b"}, "cache_salt", "invalid_value"),
     ({"frobnicate": 1}, "frobnicate", "unknown_parameter"),
     ({"rain": {"max_iters": 0}}, "rain.max_iters", "invalid_value"),
     ({"max_tokens": 9000}, "max_tokens", "invalid_value"),  # prompt + max_tokens beyond the 8192 context
