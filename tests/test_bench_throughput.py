@@ -5,7 +5,7 @@ import re
 from dataclasses import asdict
 
 from bench.throughput import Sample, body, level_salt, level_stats, ratios, refused, step_table, table
-from server.schemas import CACHE_SALT
+from server.schemas import CACHE_SALT, MAX_CACHE_SALT
 
 
 def test_level_counts_only_answered_requests_and_divides_by_the_wall_time():
@@ -41,7 +41,7 @@ def test_only_the_paper_modes_send_parallel_leaves_and_vanilla_is_greedy():
 def test_no_two_levels_share_cached_prompt_states():
     salts = {level_salt(server, mode, clients) for server in ("rain-serve/vllm", "vllm-peer")
              for mode in ("vanilla", "paper_pl1", "paper_pl4") for clients in (1, 2, 16)}
-    assert len(salts) == 18 and all(re.fullmatch(CACHE_SALT, s) and len(s) <= 128 for s in salts)  # vLLM's bounds
+    assert len(salts) == 18 and all(re.fullmatch(CACHE_SALT, s) and len(s) <= MAX_CACHE_SALT for s in salts)
     assert body("hi", "paper_pl4", 8, 0, "salt")["cache_salt"] == "salt"
 
 
