@@ -44,6 +44,7 @@ from ..ops import (Append, Decode, Decoded, Embed, Grow, Judge, Op, Ranked, Resu
                    TopTokens)
 from ..selfeval import EvalLayout, SelfEvalResult, Verdicts, answer_ids, build_layout, combine, render_conversation
 from ..template import end_token_ids, text_ids
+from .vllm_compat import engine_arguments
 
 # Imported eagerly: CI installs vLLM, and a missing vLLM must fail loudly, not fall back.
 from vllm import SamplingParams
@@ -161,6 +162,7 @@ class VllmJudge:
 def start_engine(source: ModelSource, config: EngineConfig, *, tp: int, gpu_memory: float, enforce_eager: bool,
                  max_logprobs: int, load: EngineLoad, **engine_kwargs) -> AsyncLLM:
     model = model_dir(source)
+    engine_kwargs = {**engine_arguments(config.device), **engine_kwargs}  # what this vLLM install needs (0.26 bundle)
     if config.device == "cpu":
         engine_kwargs = {**cpu_scheduling(model), **engine_kwargs}
         # read by the engine's process as it starts; one set by the user wins
