@@ -3,6 +3,13 @@
 `start_server(*flags)` is the reusable piece: it starts the server with the given flags, waits for
 /health, yields a `RunningServer` and stops it (SIGTERM, then SIGKILL). `rain_server` is one such
 server shared by the whole session; start others only for flags it lacks.
+
+Every server test runs on each backend (`backend`, session-scoped: pytest orders the tests so that the
+servers of one backend are started once and stopped before the other's). A test about one backend says
+so with `@pytest.mark.parametrize("backend", ["vllm"], indirect=True)`.
+
+The whole run keeps its model conversions in the clone's git-ignored .cache (or where RAIN_CACHE_DIR
+says), not in a cache another checkout shares: the first server of a fresh clone fills it.
 """
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 300
+BACKENDS = ("vllm", "transformers")  # the server's default first
+os.environ.setdefault("RAIN_CACHE_DIR", str(ROOT / ".cache" / "rain-models"))
 
 
 def free_port() -> int:
@@ -89,14 +98,10 @@ def start_server(*flags: str, env: Optional[dict] = None, start_timeout_s: float
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"rain-serve-test-{port}.log"
     environment = {k: v for k, v in os.environ.items() if k != "RAIN_API_KEY"}
     environment.update(env or {})
-    if "--backend" not in flags:
-        # the API's mechanics are the same on both backends; the reference one starts in seconds, and its
-        # limits (requests running per worker, the queue) are what these tests reach for.
-        # tests/server/test_backends.py runs the API on --backend vllm
-        flags = ("--backend", "transformers", *flags)
-    with open(log_path, "w") as log:
+    with open(log_path, "w") as log:  # a process group of its own, so a test may signal the whole group
         process = subprocess.Popen([str(binary), "--host", "127.0.0.1", "--port", str(port), *flags],
-                                   stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=ROOT)
+                                   stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=ROOT,
+                                   start_new_session=True)
     server = RunningServer(process, port, log_path)
     try:
         deadline = time.monotonic() + start_timeout_s
@@ -121,17 +126,32 @@ def stop(process: subprocess.Popen, grace_s: float = 30) -> None:
             process.wait()
 
 
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def rain_server() -> Iterator[RunningServer]:
+def rain_server(backend) -> Iterator[RunningServer]:
     """One worker, RAIN by default, two requests interleaved and a short queue, every RAIN request
-    re-decoded by vanilla decoding when idle; torch on one thread."""
-    with start_server("--threads", "1", "--max-running-per-worker", "2", "--max-queue", "8",
+    re-decoded by vanilla decoding when idle (on the transformers backend); one thread."""
+    with start_server("--backend", backend, "--threads", "1", "--max-running-per-worker", "2", "--max-queue", "8",
                       "--default-mode", "rain", "--shadow-vanilla-rate", "1") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def judged_server(backend) -> Iterator[RunningServer]:
+    """SmolLM2 with a Qwen2.5-Coder-0.5B judge beside it (on vLLM an engine of its own: two to start),
+    vanilla by default."""
+    with start_server("--backend", backend, "--judge-model", "qwen2.5-coder-0.5b", "--threads", "2",
+                      "--default-mode", "vanilla", env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+                      start_timeout_s=600) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def launch_server():
     """`start_server` for test modules that need a server with other flags (conftest is not importable
-    by name from every directory): `with launch_server("--workers", "2") as server: ...`."""
+    by name from every directory): `with launch_server("--backend", backend, "--workers", "2") as server: ...`."""
     return start_server

@@ -13,17 +13,15 @@ import os
 
 import pytest
 
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
-from rain_core.backends.transformers import TransformersSession  # noqa: E402
-from rain_core.backends.vllm import CPU_BLOCK_SIZE, VllmBackend  # noqa: E402
-from rain_core.ops import drive_async  # noqa: E402
-from rain_core.branches import RowSpec, ends_with_any  # noqa: E402
-from rain_core.config import EngineConfig, EvaluatorConfig, GenerationRequest, RainConfig, SamplingParams  # noqa: E402
-from rain_core.events import Commit, Totals  # noqa: E402
-from rain_core.ops import Append, Embed, Grow, Judge, TopTokens  # noqa: E402
-from rain_core.sampling import make_generator  # noqa: E402
-from rain_core.search import RainSearch  # noqa: E402
+from rain_core.backends.transformers import TransformersSession
+from rain_core.backends.vllm import CPU_BLOCK_SIZE, VllmBackend
+from rain_core.ops import drive_async
+from rain_core.branches import RowSpec, ends_with_any
+from rain_core.config import EngineConfig, EvaluatorConfig, GenerationRequest, RainConfig, SamplingParams
+from rain_core.events import Commit, Totals
+from rain_core.ops import Append, Embed, Grow, Judge, TopTokens
+from rain_core.sampling import make_generator
+from rain_core.search import RainSearch
 
 pytestmark = pytest.mark.slow
 
