@@ -71,14 +71,15 @@ def metric(samples: dict, name: str, **labels) -> float:
 class Stream(threading.Thread):
     """A streamed request in the background: `data` grows as its payloads arrive; `chunks` once it ends."""
 
-    def __init__(self, base_url: str, body: dict, timeout: float = 300):
+    def __init__(self, base_url: str, body: dict, timeout: float = 300, headers: dict | None = None):
         super().__init__(daemon=True)
         self.url, self.body, self.timeout = base_url + "/v1/chat/completions", {**body, "stream": True}, timeout
+        self.headers = headers
         self.data: list[str] = []
         self.start()
 
     def run(self):
-        with httpx.stream("POST", self.url, json=self.body, timeout=self.timeout) as response:
+        with httpx.stream("POST", self.url, json=self.body, headers=self.headers, timeout=self.timeout) as response:
             for payload in sse_payloads(response):
                 self.data.append(payload)
 

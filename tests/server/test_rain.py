@@ -26,9 +26,17 @@ def test_rain_answer_carries_its_search(rain_answer):
     # two iterations per commit (max_iters = min_iters = 2): the tree reuse never skips the floor
     assert all(s["iterations"] == 2 for s in stats) and rain["iterations"] == 2 * len(stats)
     assert rain["self_evaluations"] > 0 and rain["forward_calls"] > len(stats)
-    assert rain["vanilla_estimate_s"] > 0
-    assert rain["overhead_ratio"] == pytest.approx(rain["compute_s"] / rain["vanilla_estimate_s"])
     assert rain["overhead_ratio"] > 1  # searching costs more than decoding
+
+
+def test_the_overhead_ratio_is_measured_as_each_backend_says(rain_answer, backend):
+    rain = rain_answer.model_extra["rain"]
+    if backend == "transformers":  # wall time over the worker's vanilla estimate
+        assert rain["vanilla_estimate_s"] > 0
+        assert rain["overhead_ratio"] == pytest.approx(rain["compute_s"] / rain["vanilla_estimate_s"])
+    else:  # the engine work the request caused over a vanilla answer's tokens
+        assert rain["vanilla_estimate_s"] is None
+        assert rain["overhead_ratio"] == pytest.approx(rain["tokens_fed"] / (rain["prompt_tokens"] + rain["completion_tokens"]))
 
 
 def test_rain_stream_matches_and_is_seeded(rain_server, rain_answer):
@@ -48,12 +56,14 @@ def test_rain_stream_matches_and_is_seeded(rain_server, rain_answer):
 
 
 def test_time_budget_ends_with_length(rain_server):
+    """A budget of a millisecond runs out before the 15 iterations the first set needs, on any machine:
+    the answer ends there, reported as length (OpenAI's vocabulary) and as time_budget in the rain object."""
     answer = rain_server.client().chat.completions.create(
         model="smollm2", messages=MESSAGES, max_tokens=40,
-        extra_body={"rain": {"max_iters": 50, "min_iters": 15, "time_budget_s": 0.5}})
-    assert answer.choices[0].finish_reason == "length"
-    assert answer.model_extra["rain"]["finish_reason"] == "time_budget"
-    assert answer.usage.completion_tokens < 40
+        extra_body={"rain": {"max_iters": 50, "min_iters": 15, "time_budget_s": 0.001}})
+    rain = answer.model_extra["rain"]
+    assert answer.choices[0].finish_reason == "length" and rain["finish_reason"] == "time_budget"
+    assert rain["iterations"] < 15 and rain["commits"] == 0 and answer.usage.completion_tokens == 0
 
 
 def test_parallel_leaves_search_several_leaves_per_round_over_http(rain_server):
@@ -73,6 +83,7 @@ def test_bad_rain_options_are_refused(rain_server):
     assert caught.value.param == "rain.min_visits"
 
 
+@pytest.mark.parametrize("backend", ["transformers"], indirect=True)  # vLLM's ratio needs no vanilla estimate
 def test_shadow_vanilla_decoding_refreshes_the_speed_estimate(rain_server, rain_answer):
     """rain_server re-decodes every RAIN request with vanilla decoding once the worker is idle."""
     def samples(health: dict) -> int:
@@ -80,4 +91,4 @@ def test_shadow_vanilla_decoding_refreshes_the_speed_estimate(rain_server, rain_
 
     before = samples(rain_server.wait_for(lambda h: h["running"] == 0))
     rain_server.client().chat.completions.create(**{**REQUEST, "max_tokens": 2})
-    rain_server.wait_for(lambda h: samples(h) > before, timeout_s=30, what="a shadow vanilla re-decode")
+    rain_server.wait_for(lambda h: samples(h) > before, timeout_s=300, what="a shadow vanilla re-decode")
