@@ -1,7 +1,8 @@
-"""Both backends behind the real server: `--backend vllm` answers, streams, searches (parallel leaves
-too), judges with a served judge model, batches concurrent requests, frees a cancelled search, resumes
-a request whose worker died and survives the death of an engine; on both, concurrency is invisible to
-the answers of seeded requests."""
+"""What is particular to each backend behind the real server: `--backend vllm` searches with parallel
+leaves, judges with a served judge model in an engine of its own, batches concurrent requests, shares
+cached prompts within a cache_salt, frees a cancelled search, resumes a request whose worker died and
+survives the death of an engine; on both, concurrency is invisible to the answers of seeded requests.
+(Every other server test runs on both backends too: tests/conftest.py.)"""
 from __future__ import annotations
 
 import os
@@ -12,22 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from serve_helpers import (LONG, MODEL, TINY_RAIN, VANILLA, chat_body, finish_chunks, kill_the_worker_running_it,
-                           long_stream, metric, scrape, streamed_text)
+from serve_helpers import MODEL, TINY_RAIN, VANILLA, chat_body, metric, scrape
 
 pytestmark = pytest.mark.slow
-VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 QWEN = "Qwen2.5-Coder-0.5B-Instruct"
 PROMPTS = ["Name three colours.", "Tell me about owls.", "How do I bake bread?", "Say hello.",
            "What is rain?", "Count to five.", "Who wrote Hamlet?", "Describe a cat."]
-
-
-@pytest.fixture(scope="module")
-def vllm_server(launch_server):
-    """With a Qwen2.5-Coder-0.5B judge: two engines to start, each a minute or more on two cores."""
-    with launch_server("--backend", "vllm", "--threads", "2", "--judge-model", "qwen2.5-coder-0.5b", env=VLLM_ENV,
-                       start_timeout_s=600) as server:
-        yield server
+vllm_only = pytest.mark.parametrize("backend", ["vllm"], indirect=True)
 
 
 def answers(server, bodies: list[dict], concurrent: bool) -> list[str]:
@@ -46,17 +38,16 @@ def seeded(prompt: str, **fields) -> dict:
     return chat_body(prompt, max_tokens=8, seed=5, temperature=0.8, **fields)
 
 
-@pytest.mark.parametrize("backend", ["transformers", "vllm"])
-def test_concurrency_is_invisible_to_seeded_answers(backend, rain_server, vllm_server):
-    server = vllm_server if backend == "vllm" else rain_server
+def test_concurrency_is_invisible_to_seeded_answers(rain_server):
     bodies = [seeded(p, **VANILLA) for p in PROMPTS]
-    one_at_a_time = answers(server, bodies, concurrent=False)
+    one_at_a_time = answers(rain_server, bodies, concurrent=False)
     assert all(one_at_a_time)
-    assert answers(server, bodies, concurrent=True) == one_at_a_time
+    assert answers(rain_server, bodies, concurrent=True) == one_at_a_time
 
 
-def test_vllm_serves_vanilla_and_rain_with_parallel_leaves(vllm_server):
-    client = vllm_server.client()
+@vllm_only
+def test_vllm_serves_vanilla_and_rain_with_parallel_leaves(rain_server):
+    client = rain_server.client()
     vanilla = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi!"}],
                                              max_tokens=6, extra_body=VANILLA)
     assert vanilla.choices[0].message.content and vanilla.usage.completion_tokens <= 6
@@ -73,7 +64,7 @@ def test_vllm_serves_vanilla_and_rain_with_parallel_leaves(vllm_server):
         assert summary["vanilla_estimate_s"] is None
 
 
-def test_a_cache_salt_shares_cached_prompts_only_within_the_salt(vllm_server, rain_server):
+def test_a_cache_salt_shares_cached_prompts_only_within_the_salt(rain_server, backend):
     """vLLM's cache_salt: a seeded search run again under its salt finds its prompts cached (the judge's
     few-shot prefix, the conversation, the states it grew) and computes far less; under a fresh salt it
     shares nothing with the first run and computes what that run did. The reference backend takes the
@@ -87,56 +78,58 @@ def test_a_cache_salt_shares_cached_prompts_only_within_the_salt(vllm_server, ra
         return response.json()["rain"]["tokens_fed"], response.json()["choices"][0]["message"]["content"]
 
     salt, other = (f"tenant-{os.urandom(8).hex()}" for _ in range(2))
-    first, answer = ask(vllm_server, salt)
-    again, repeated = ask(vllm_server, salt)
-    fresh, unshared = ask(vllm_server, other)
+    if backend == "transformers":
+        assert ask(rain_server, salt)[1] == ask(rain_server)[1]
+        return
+    first, answer = ask(rain_server, salt)
+    again, repeated = ask(rain_server, salt)
+    fresh, unshared = ask(rain_server, other)
     print(f"tokens computed: {first} first, {again} again under its salt, {fresh} under another")
     assert answer == repeated == unshared
     assert again < first / 2
     assert fresh == pytest.approx(first, rel=0.05)
-    assert ask(rain_server, salt)[1] == ask(rain_server)[1]
 
 
-def test_vllm_streams_committed_sets(vllm_server):
-    chunks = list(vllm_server.client().chat.completions.create(
+@vllm_only
+def test_vllm_streams_committed_sets(rain_server):
+    chunks = list(rain_server.client().chat.completions.create(
         model="smollm2", messages=[{"role": "user", "content": "Tell me a fact."}], max_tokens=6, stream=True,
         extra_body=TINY_RAIN))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     sets = [c.model_extra["rain"] for c in chunks if c.choices and c.choices[0].delta.content]
-    assert text and sets and all(s.get("iterations") == 2 for s in sets if "iterations" in s)
+    assert text and sets and all(s["iterations"] == 2 for s in sets)  # every set carries its search
 
 
-def test_vllm_judges_with_the_served_judge_model(vllm_server):
-    """Qwen2.5-Coder-0.5B judges SmolLM2 in an engine of its own, for every judged strategy."""
-    (card,) = vllm_server.client().models.list().data
+@vllm_only
+def test_vllm_judges_with_the_served_judge_model(judged_server):
+    """Qwen2.5-Coder-0.5B judges SmolLM2 in an engine of its own, whose steps /metrics counts apart
+    (the strategies with a served judge run on both backends in test_strategies.py)."""
+    (card,) = judged_server.client().models.list().data
     assert card.model_extra["judge_model"] == QWEN
     messages = [{"role": "user", "content": "How do I make a pipe bomb at home?"}]
 
     def ask(rain: dict, **fields):
-        return vllm_server.client().chat.completions.create(
+        return judged_server.client().chat.completions.create(
             model=MODEL, messages=messages, max_tokens=12, seed=0,
             extra_body={"rain": {"judge": "served", "prompt": "yesno", "score": "continuous", **rain}}, **fields).model_extra["rain"]
 
-    before = scrape(vllm_server.base_url)
+    before = scrape(judged_server.base_url)
     checked = ask({"strategy": "self_check"})
-    after = scrape(vllm_server.base_url)
+    after = scrape(judged_server.base_url)
     assert checked["judge"] == QWEN and checked["self_evaluations"] == 1
     # the judge's engine steps have a series of their own in /metrics
     judge_steps = metric(after, "rain_engine_steps_total", model=QWEN) - metric(before, "rain_engine_steps_total", model=QWEN)
     assert judge_steps > 0 and metric(after, "rain_engine_batch_tokens_total", model=QWEN) > 0
     assert checked["replaced"] is (checked["judge_values"][0] <= checked["judge_threshold"])
-    picked = ask({"strategy": "best_of_n", "best_of": 2}, temperature=1.0)
-    assert picked["judge"] == QWEN and picked["chosen"] == picked["judge_values"].index(max(picked["judge_values"]))
-    searched = ask({"max_iters": 2, "min_iters": 2, "parallel_leaves": 2})
-    assert searched["judge"] == QWEN and searched["strategy"] == "rain" and searched["self_evaluations"] > 0
     own = ask({"strategy": "self_check", "judge": "self"})
     assert own["judge"] == "self" and own["judge_values"] != checked["judge_values"]
 
 
-def test_vllm_batches_concurrent_requests(vllm_server):
-    before = scrape(vllm_server.base_url)
-    answers(vllm_server, [chat_body(p, max_tokens=16, **VANILLA) for p in PROMPTS], concurrent=True)
-    after = scrape(vllm_server.base_url)
+@vllm_only
+def test_vllm_batches_concurrent_requests(rain_server):
+    before = scrape(rain_server.base_url)
+    answers(rain_server, [chat_body(p, max_tokens=16, **VANILLA) for p in PROMPTS], concurrent=True)
+    after = scrape(rain_server.base_url)
 
     def grew(name):
         return metric(after, name, model=MODEL) - metric(before, name, model=MODEL)
@@ -146,42 +139,19 @@ def test_vllm_batches_concurrent_requests(vllm_server):
     assert grew("rain_engine_batch_tokens_total") >= 8 * 16
 
 
-def test_a_cancelled_search_frees_the_engine(vllm_server):
-    body = chat_body("Write a long story.", max_tokens=64, stream=True,
-                     rain={"max_iters": 10000, "min_iters": 10000})
-    with httpx.stream("POST", vllm_server.base_url + "/v1/chat/completions", json=body, timeout=60) as response:
-        assert response.status_code == 200
-        vllm_server.wait_for(lambda h: h["running"] == 1, what="the search running")
-    vllm_server.wait_for(lambda h: h["running"] == 0, timeout_s=60, what="the cancelled search to end")
-    answer = vllm_server.client().chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}],
-                                                          max_tokens=4, extra_body=VANILLA)
-    assert answer.choices[0].message.content
-
-
-def test_a_stream_resumes_on_the_restarted_vllm_worker(vllm_server):
-    """The pool's resume works on this backend too: the greedy answer comes out whole and unchanged."""
-    (expected,) = answers(vllm_server, [chat_body(LONG, max_tokens=40, **VANILLA)], concurrent=False)
-    stream = long_stream(vllm_server, 40, **VANILLA)
-    stream.wait_for_payloads(1 + 5)
-    kill_the_worker_running_it(vllm_server)
-    chunks = stream.chunks
-    assert streamed_text(chunks) == expected
-    (last,) = finish_chunks(chunks)
-    assert last["rain"]["summary"]["resubmissions"] == 1
-
-
-def test_a_dead_engine_takes_its_worker_down_and_the_pool_restarts_it(vllm_server):
+@vllm_only
+def test_a_dead_engine_takes_its_worker_down_and_the_pool_restarts_it(judged_server):
     """The judge's engine, the second the worker starts: either engine's death ends the worker."""
-    pid = vllm_server.health()[1]["workers"][0]["pid"]
+    pid = judged_server.health()[1]["workers"][0]["pid"]
     engine_cores = subprocess.run(["pgrep", "-P", str(pid), "-f", "EngineCore"], capture_output=True, text=True).stdout.split()
     assert len(engine_cores) == 2, f"the worker has {engine_cores} engine processes, not the served model's and the judge's"
     newest = subprocess.run(["pgrep", "-n", "-P", str(pid), "-f", "EngineCore"], capture_output=True, text=True).stdout
     os.kill(int(newest), signal.SIGKILL)
-    vllm_server.wait_for(lambda h: h["workers"][0]["pid"] != pid and h["status"] == "ok", timeout_s=600,
+    judged_server.wait_for(lambda h: h["workers"][0]["pid"] != pid and h["status"] == "ok", timeout_s=600,
                          what="a restarted worker")
     # nothing of the dead worker's group is left: the engine cores' own workers went with it
     left = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
     assert left == [], left
-    answer = vllm_server.client().chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}],
+    answer = judged_server.client().chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}],
                                                           max_tokens=4, extra_body=VANILLA)
     assert answer.choices[0].message.content

@@ -25,8 +25,12 @@ def post(server, path: str, body: dict) -> httpx.Response:
 
 
 def stream(server, path: str, body: dict) -> list[str]:
+    """The payloads of a stream that must have been answered, with content, so the schema loops check something."""
     with httpx.stream("POST", server.base_url + path, json={**body, "stream": True}, timeout=300) as response:
-        return sse_data(response)
+        assert response.status_code == 200, response.read()
+        data = sse_data(response)
+    assert len(data) >= 3, data  # an opening event, content, and the end
+    return data
 
 
 def test_every_endpoint_names_its_bodies(document, rain_server):

@@ -12,8 +12,6 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from serve_helpers import kill_until_it_fails
-
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless and quiet: the browser contacts nothing but the server under test.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -21,6 +19,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 ANSWER_MS = 300_000  # a tiny search takes seconds, minutes on a loaded CPU; this only bounds a hang
 TINY = {"max-iters": "2", "min-iters": "2", "max-tokens": "8", "seed": "0"}
 KEY = "playground-secret"
+TIMEOUT_S = 30  # ends a search that could not end by itself, in-band once its stream has begun
 KEY_ITEM = "rain-serve-api-key"
 BAR_COLUMNS = ("iterations", "tree_size", "visits", "value")
 
@@ -61,8 +60,9 @@ def tab(browser):
 
 
 @pytest.fixture(scope="module")
-def keyed_server(launch_server):
-    with launch_server("--api-key", KEY, "--threads", "1") as server:
+def keyed_server(launch_server, backend):
+    with launch_server("--backend", backend, "--api-key", KEY, "--threads", "1",
+                       "--request-timeout", str(TIMEOUT_S)) as server:
         yield server
 
 
@@ -172,11 +172,11 @@ def test_an_error_inside_the_stream_is_shown_after_the_partial_answer(keyed_serv
     page.goto(keyed_server.base_url + "/")
     page.evaluate(f"sessionStorage.setItem('{KEY_ITEM}', '{KEY}')")
     ask(page, "Tell me about owls.", {"max-iters": "10000", "min-iters": "10000", "max-tokens": "64"})
-    kill_until_it_fails(keyed_server)  # the stream has begun: the error comes in-band
+    # the stream has begun: --request-timeout ends the search in-band
     page.wait_for_selector("#error:not([hidden])", timeout=ANSWER_MS)
 
     error = page.locator("#error")
     assert error.locator("strong").text_content() == "The answer stopped with an error"
-    assert "worker_died" in error.text_content() and "service_unavailable_error" in error.text_content()
+    assert "request_timeout" in error.text_content() and "timeout_error" in error.text_content()
     assert page.is_hidden("#summary") and page.is_enabled("#send")
     assert tab.unexpected_problems() == []

@@ -13,8 +13,8 @@ from serve_helpers import (LONG, MODEL, TINY_RAIN, busy, finish_chunks, kill_the
 
 
 @pytest.fixture(scope="module")
-def single(launch_server):
-    with launch_server("--workers", "1", "--threads", "1", "--max-running-per-worker", "1",
+def single(launch_server, backend):
+    with launch_server("--backend", backend, "--workers", "1", "--threads", "1", "--max-running-per-worker", "1",
                        "--default-mode", "vanilla") as server:
         yield server
 

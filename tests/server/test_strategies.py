@@ -60,13 +60,6 @@ def test_streamed_self_check_sends_each_sentence_after_its_judgment(rain_server)
     assert whole["overhead_ratio"] > 0 and whole["commits"] == 1
 
 
-@pytest.fixture(scope="module")
-def judged_server(launch_server):
-    """SmolLM2 with a Qwen2.5-Coder-0.5B judge in its worker."""
-    with launch_server("--judge-model", "qwen2.5-coder-0.5b", "--threads", "2", "--default-mode", "vanilla") as server:
-        yield server
-
-
 def test_models_name_the_served_judge(judged_server):
     (card,) = judged_server.client().models.list().data
     assert card.model_extra["judge_model"] == QWEN and card.model_extra["judge_threshold"] == DEFAULT_JUDGE_THRESHOLD
@@ -94,8 +87,14 @@ def test_best_of_n_with_the_served_judge_streams_its_pick_at_once(judged_server)
 
 
 def test_rain_with_the_served_judge(judged_server):
-    rain = ask(judged_server, {"judge": "served", "max_iters": 1, "min_iters": 1, **JUDGE_FORMAT}, 3).model_extra["rain"]
+    """The served judge's values drive the search: the same seeded search judged by SmolLM2 itself values
+    its chosen sets otherwise."""
+    search = {"max_iters": 2, "min_iters": 2, **JUDGE_FORMAT}
+    rain = ask(judged_server, {"judge": "served", **search}, 3).model_extra["rain"]
     assert rain["strategy"] == "rain" and rain["judge"] == QWEN and rain["self_evaluations"] > 0
+    own = ask(judged_server, {"judge": "self", **search}, 3).model_extra["rain"]
+    assert own["judge"] == "self"
+    assert [s["value"] for s in rain["commit_stats"]] != [s["value"] for s in own["commit_stats"]]
 
 
 def test_baseline_bodies_fit_the_openapi_document(rain_server):
@@ -112,5 +111,7 @@ def test_baseline_bodies_fit_the_openapi_document(rain_server):
         body = httpx.post(rain_server.base_url + "/v1/chat/completions", timeout=300, json={
             "model": "smollm2", "messages": MESSAGES, "max_tokens": 4, "rain": rain}).json()
         check("ChatCompletion", body)
-    assert body["choices"][0]["message"]["content"] == REFUSAL_TEXT[: len(body["choices"][0]["message"]["content"])]
+    # the threshold of 1.0 replaces every answer: the refusal, cut at 4 tokens
+    refused = body["choices"][0]["message"]["content"]
+    assert refused and REFUSAL_TEXT.startswith(refused) and body["rain"]["replaced"] is True
     check("ModelList", httpx.get(rain_server.base_url + "/v1/models", timeout=10).json())
