@@ -27,7 +27,7 @@ from . import openapi
 from .chat import ChatCompletionRequest, ChatRender
 from .completions import CompletionRender, CompletionRequest
 from .config import ServerConfig
-from .errors import ApiError, install_handlers
+from .errors import CLIENT_CLOSED, ApiError, echo, install_handlers
 from .limits import read_body
 from .metrics import Metrics
 from .playground import router as playground
@@ -40,7 +40,6 @@ from .schemas import Body, choice_requests, parse_request
 log = logging.getLogger("rain_serve")
 
 KEEPALIVE_S = 10  # SSE comment lines while a long search has nothing to commit yet
-CLIENT_CLOSED = 499  # nginx's status for "the client closed the request"; nobody reads it
 
 
 @dataclass
@@ -91,7 +90,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     def known_model(name: str) -> None:
         if name not in (model, config.model_alias):
-            raise ApiError(404, f"the model {name!r} does not exist; this server serves {model!r}", "model",
+            raise ApiError(404, f"the model {echo(name)} does not exist; this server serves {model!r}", "model",
                            "model_not_found")
 
     async def admit(request: Request, kind: type[Body], prefix: str) -> Admitted:
@@ -115,7 +114,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         jobs = [Job(response_id if len(choices) == 1 else f"{response_id}-{i}", r, mode) for i, r in enumerate(choices)]
         pool.submit(jobs)
         log.info("%s: %s, %d choice(s), %d max tokens%s", response_id, mode, len(jobs),
-                 generation.params.max_new_tokens, f", user {body.user!r}" if body.user else "")
+                 generation.params.max_new_tokens, f", user {echo(body.user)}" if body.user else "")
         return Admitted(body, response_id, [Run(pool, metrics, job, config.request_timeout) for job in jobs])
 
     def in_band(error: ApiError) -> None:

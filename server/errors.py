@@ -1,15 +1,20 @@
 """Errors in the OpenAI shape {"error": {"message", "type", "param", "code"}}: every failure a client
-sees goes through here, so none is ever a bare 500 with a traceback."""
+sees goes through here, so none is ever a bare 500 with a traceback, nor a copy of a huge input."""
 from __future__ import annotations
 
 import logging
 from typing import Callable, Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 log = logging.getLogger("rain_serve")
+
+MAX_MESSAGE_CHARS = 2000  # an error message's bound, whatever input it quotes
+MAX_PARAM_CHARS = 200
+ECHO_CHARS = 100  # how much of a client's value a message quotes
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the request"; nobody reads it
 
 TYPES = {
     400: "invalid_request_error",
@@ -33,10 +38,11 @@ class ApiError(Exception):
         code: Optional[str] = None,
         headers: Optional[dict[str, str]] = None,
     ):
+        message = clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.status = status
         self.message = message
-        self.param = param
+        self.param = param if param is None else clip(param, MAX_PARAM_CHARS)
         self.code = code
         self.headers = headers or {}
 
@@ -51,6 +57,23 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+class ClientGone(Exception):
+    """The client closed its connection before the server could answer: nobody reads a response."""
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    kept = max(0, limit - 40)  # room for the note
+    return f"{text[:kept]}... ({len(text) - kept} more characters)"
+
+
+def echo(value: object) -> str:
+    """A client's value quoted in a message: its repr, cut to ECHO_CHARS."""
+    return clip(repr(value), ECHO_CHARS)
+
+
 def install_handlers(app: FastAPI, count: Callable[[str], None]) -> None:
     """Render every exception as an OpenAI error; `count(type)` feeds the error metric."""
 
@@ -61,6 +84,11 @@ def install_handlers(app: FastAPI, count: Callable[[str], None]) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return respond(exc)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        log.info("%s %s: %s", request.method, request.url.path, exc)  # ours to note, not an error
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:

@@ -1,14 +1,19 @@
 """What one request may cost the API process before it is validated: a bounded body, and JSON without
-NaN, Infinity or deep nesting (prompts.py keeps the prompt's own cost off the event loop)."""
+NaN, Infinity, deep nesting or lone surrogates (prompts.py keeps the prompt's own cost off the event loop)."""
 from __future__ import annotations
 
 import json
+import re
+from typing import Optional
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from .errors import ApiError
+from .errors import ApiError, ClientGone
 
 MAX_DEPTH = 32  # the deepest our request bodies go is about 5 (a message's content part's text)
+# A JSON escape such as "\ud800" without its pair decodes to a code point that is no text: a tokenizer
+# raises on it, and it cannot even be written back out as UTF-8.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -18,11 +23,14 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(max_bytes)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise _too_large(max_bytes)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone(f"the client disconnected while sending its body ({size} bytes read)") from None
     return b"".join(chunks)
 
 
@@ -47,7 +55,33 @@ def parse_json(raw: bytes) -> dict:
         raise ApiError(400, "the request body must be a JSON object")
     if _depth(data) > MAX_DEPTH:
         raise ApiError(400, f"the request body nests deeper than {MAX_DEPTH} levels")
+    if (param := _lone_surrogate(data)) is not None:
+        raise ApiError(400, f"{param} holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair), "
+                            "which is not text", param, "invalid_value")
     return data
+
+
+def _lone_surrogate(data: dict) -> Optional[str]:
+    """The path (messages[0].content) of a string, or object key, that holds a lone surrogate."""
+    frontier: list[tuple[object, str]] = [(data, "")]
+    while frontier:
+        item, path = frontier.pop()
+        if isinstance(item, str) and LONE_SURROGATE.search(item):
+            return path or "body"
+        if isinstance(item, dict):
+            for key, child in item.items():
+                named = f"{path}.{_printable(key)}" if path else _printable(key)
+                if LONE_SURROGATE.search(key):
+                    return named
+                frontier.append((child, named))
+        elif isinstance(item, list):
+            frontier.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
+    return None
+
+
+def _printable(key: str) -> str:
+    """A key as a param may name it: a lone surrogate in it written as its escape."""
+    return key.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _depth(value, limit: int = MAX_DEPTH) -> int:

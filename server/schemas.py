@@ -15,7 +15,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 from rain_core.config import (PRESETS, EvalPrompt, EvalScore, GenerationRequest, JudgeChoice, QNormalization,
                               RainConfig, SamplingParams, Strategy, preset)
 
-from .errors import ApiError
+from .errors import ApiError, echo
 from .limits import parse_json
 
 Mode = Literal["rain", "vanilla"]
@@ -95,7 +95,7 @@ class RainOptions(Strict):
     @classmethod
     def _known_preset(cls, name: str) -> str:
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise ValueError(f"unknown preset {echo(name)}; choose one of {sorted(PRESETS)}")
         return name
 
     @model_validator(mode="after")
