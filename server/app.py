@@ -55,6 +55,14 @@ class Admitted:
         return self.runs[0].job.created
 
 
+def health_status(pool: Pool, started: bool) -> str:
+    """ok: a worker is ready; restarting: none is, but requests wait in the queue for one (200 too, as the
+    server still takes them); unavailable (503): still starting, or every worker is crash-looping."""
+    if not started or pool.crash_looping():
+        return "unavailable"
+    return "ok" if pool.alive() else "restarting"
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     source = resolve(config.model)  # the reported id, known without loading the weights
     model = source.name
@@ -179,10 +187,10 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.get("/health", **openapi.HEALTH)
     async def health() -> JSONResponse:
-        ready = pool.alive() > 0 and prompts.ready
-        body = {"status": "ok" if ready else "unavailable", "model": model, "running": len(pool.running),
-                "waiting": len(pool.waiting), "workers": pool.describe()}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        status = health_status(pool, prompts.ready)
+        body = {"status": status, "model": model, "running": len(pool.running), "waiting": len(pool.waiting),
+                "workers": pool.describe()}
+        return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
     @app.get("/metrics", **openapi.METRICS)
     async def prometheus() -> Response:

@@ -3,6 +3,11 @@ rest wait in a queue of up to --max-queue; a dead worker is restarted and its re
 the front of the queue, to continue from what they had committed (up to MAX_RESUBMISSIONS times);
 the workers are stopped once the server has drained.
 
+While no worker is alive, requests wait in the queue as they would for a busy one (bounded by
+--max-queue, and by --request-timeout in run.py). Only a server whose every worker is crash-looping
+(supervisor.CRASH_LOOP_DEATHS deaths in a row without becoming ready) refuses them with a 503
+`no_worker`, and fails those waiting: they would only wait out their timeout.
+
 All this state lives on the event loop; the supervisor's reader thread only hands messages and
 deaths over to it, so no lock is needed and the loop never blocks on a worker.
 """
@@ -22,7 +27,7 @@ from rain_core.events import FinishReason
 
 from .errors import ApiError
 from .protocol import Cancel, Cancelled, Delta, Done, Failed, FromWorker, Ready, Shutdown, Speed, Submit, WorkerConfig
-from .supervisor import Reader, WorkerSlot, kill_group
+from .supervisor import CRASH_LOOP_DEATHS, Reader, WorkerSlot, kill_group
 
 log = logging.getLogger("rain_serve.pool")
 
@@ -31,6 +36,8 @@ STOP_GRACE_S = 10.0
 FINAL = (Done, Failed, Cancelled)
 MAX_RESUBMISSIONS = 2  # a request whose worker dies more often than this fails: it may be what kills them
 LEFT_S = 1e-6  # the time budget a resumed search gets when its first worker spent it all: it ends at once
+STARTUP_GUESS_S = 60.0  # how long a start takes before any worker has measured one (a vLLM engine's is about that)
+MAX_RETRY_AFTER_S = 600
 
 
 @dataclass(eq=False)
@@ -82,6 +89,10 @@ class Pool:
     def describe(self) -> list[dict]:
         return [slot.describe() for slot in self.slots]
 
+    def crash_looping(self) -> bool:
+        """No worker is alive and every one keeps dying before it becomes ready."""
+        return all(slot.crash_looping for slot in self.slots)
+
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -118,12 +129,12 @@ class Pool:
         """Admit the jobs of one request (its choices) together, or none of them."""
         if self._closing:
             raise ApiError(503, "the server is shutting down", code="shutting_down")
-        if not self.alive():
-            raise ApiError(503, "no worker is alive; try again shortly", code="no_worker")
+        if self.crash_looping():
+            raise self._crash_loop_error()
         if len(jobs) > self._free_slots() + self.max_queue - len(self.waiting):
             retry = str(self.retry_after())
-            raise ApiError(429, f"every worker is busy and the queue is full ({self.max_queue} waiting); "
-                                f"retry in {retry} s",
+            busy = "every worker is busy" if self.alive() else "every worker is restarting"
+            raise ApiError(429, f"{busy} and the queue is full ({self.max_queue} waiting); retry in {retry} s",
                            code="queue_full", headers={"Retry-After": retry})
         self.waiting.extend(jobs)
         self._dispatch()
@@ -139,8 +150,26 @@ class Pool:
             self.slots[job.worker].send(Cancel(job.id))  # the slot frees when the worker confirms
 
     def retry_after(self) -> int:
-        slots = max(1, self.alive() * self.max_running)
-        return max(1, min(600, math.ceil(self.service_s * (len(self.waiting) + 1) / slots)))
+        """Seconds until a slot is likely free for one more request: the queue ahead of it served at the
+        recent pace, after the first worker's restart when none is alive."""
+        if self.alive():
+            wait_s, slots = 0.0, self.alive() * self.max_running
+        else:
+            wait_s, slots = self._ready_in_s(), len(self.slots) * self.max_running
+        return _seconds(wait_s + self.service_s * (len(self.waiting) + 1) / slots)
+
+    def _ready_in_s(self) -> float:
+        """How long until the first worker is expected to be ready."""
+        now = time.monotonic()
+        measured = [s.startup_s for s in self.slots if s.startup_s is not None]
+        typical = max(measured, default=STARTUP_GUESS_S)
+        return min(slot.ready_in_s(now, typical) for slot in self.slots)
+
+    def _crash_loop_error(self) -> ApiError:
+        retry = _seconds(self._ready_in_s())
+        return ApiError(503, f"no worker is alive: each has died {CRASH_LOOP_DEATHS} times in a row without becoming "
+                             f"ready; the next start may be ready in {retry} s", code="no_worker",
+                        headers={"Retry-After": str(retry)})
 
     def _free_slots(self) -> int:
         return sum(self.max_running - len(s.running) for s in self.slots if s.ready)
@@ -166,7 +195,7 @@ class Pool:
     # what the workers say (on the loop) ---------------------------------------------------------------
     def _on_message(self, slot: WorkerSlot, message: FromWorker) -> None:
         if isinstance(message, Ready):
-            slot.ready, slot.pid, slot.deaths_unready = True, message.pid, 0
+            slot.became_ready(message.pid)
             self.context_length = message.context_length
             log.info("worker %d (pid %d) is ready", slot.index, message.pid)
             self._dispatch()
@@ -201,7 +230,13 @@ class Pool:
             self._resubmit(job)
         delay = RESTART_DELAYS_S[min(slot.deaths_unready, len(RESTART_DELAYS_S) - 1)]
         slot.deaths_unready += 1
+        slot.restart_at = time.monotonic() + delay
         self._loop.call_later(delay, self._restart, slot)
+        if self.crash_looping():
+            log.error("every worker is crash-looping: new requests get 503 no_worker until one is ready")
+            error = self._crash_loop_error()
+            while self.waiting:
+                self._fail(self.waiting.popleft(), error)
         self._dispatch()
 
     def _resubmit(self, job: Job) -> None:
@@ -223,3 +258,8 @@ class Pool:
         if not self._closing:
             slot.restarts += 1
             slot.start(self._ctx)
+
+
+def _seconds(value: float) -> int:
+    """A Retry-After: whole seconds, at least one, at most MAX_RETRY_AFTER_S."""
+    return max(1, min(MAX_RETRY_AFTER_S, math.ceil(value)))

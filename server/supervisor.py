@@ -14,6 +14,10 @@ from typing import Callable, Optional
 from .protocol import FromWorker, Speed, ToWorker, WorkerConfig
 from .worker import main as worker_main
 
+# A worker is crash-looping once it has died this many times in a row without becoming ready in
+# between: the first death may be a kill, the two after it are restarts that failed to start.
+CRASH_LOOP_DEATHS = 3
+
 
 class WorkerSlot:
     """One worker as the API sees it; its process is replaced on every restart."""
@@ -28,9 +32,41 @@ class WorkerSlot:
         self.running: set[str] = set()
         self.speed: Optional[Speed] = None
         self.restarts = 0
-        self.deaths_unready = 0
+        self.deaths_unready = 0  # deaths since it was last ready
+        self.spawned: Optional[float] = None  # when its current process started (monotonic)
+        self.startup_s: Optional[float] = None  # how long its last start took, spawn to Ready
+        self.restart_at: Optional[float] = None  # when its pending restart begins (monotonic); None: none pending
+
+    @property
+    def crash_looping(self) -> bool:
+        return not self.ready and self.deaths_unready >= CRASH_LOOP_DEATHS
+
+    @property
+    def state(self) -> str:
+        """ready; starting (its first start); restarting (dead or loading again); crash_loop."""
+        if self.ready:
+            return "ready"
+        if self.crash_looping:
+            return "crash_loop"
+        return "restarting" if self.restarts or self.deaths_unready else "starting"
+
+    def became_ready(self, pid: int) -> None:
+        self.ready, self.pid, self.deaths_unready = True, pid, 0
+        self.startup_s = time.monotonic() - self.spawned
+
+    def ready_in_s(self, now: float, typical_startup_s: float) -> float:
+        """How long until this worker is expected to be ready: its pending restart's delay plus a start as
+        long as its last one, or what is left of the start under way (at least a second once overdue)."""
+        if self.ready:
+            return 0.0
+        startup = self.startup_s or typical_startup_s
+        if self.restart_at is not None:
+            return max(0.0, self.restart_at - now) + startup
+        return max(1.0, self.spawned + startup - now)
 
     def start(self, ctx) -> None:
+        self.restart_at = None
+        self.spawned = time.monotonic()
         conn, child = ctx.Pipe()
         process = ctx.Process(target=worker_main, args=(self.index, self.config, child), name=f"rain-worker-{self.index}")
         process.start()
@@ -50,6 +86,7 @@ class WorkerSlot:
             "index": self.index,
             "pid": self.pid,
             "alive": self.ready,
+            "state": self.state,
             "running": len(self.running),
             "restarts": self.restarts,
             "vanilla_speed": speed and {
