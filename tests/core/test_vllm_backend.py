@@ -14,14 +14,14 @@ import os
 import pytest
 
 from rain_core.backends.transformers import TransformersSession
-from rain_core.backends.vllm import CPU_BLOCK_SIZE, VllmBackend
-from rain_core.ops import drive_async
-from rain_core.branches import RowSpec, ends_with_any
+from rain_core.backends.vllm import CPU_BLOCK_SIZE, VllmBackend, VllmSession
 from rain_core.config import EngineConfig, EvaluatorConfig, GenerationRequest, RainConfig, SamplingParams
 from rain_core.events import Commit, Totals
-from rain_core.ops import Append, Embed, Grow, Judge, TopTokens
+from rain_core.ops import Append, Embed, Grow, Judge, RowSpec, TopTokens, drive
 from rain_core.sampling import make_generator
 from rain_core.search import RainSearch
+from rain_core.text import ends_with_any
+from rain_core.vanilla import vanilla_tokens
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +53,8 @@ def _request(rain=None, seed=1, max_new_tokens=8, logprobs=None):
 
 def _sessions(smollm2, backend, request):
     prompt = smollm2.request_ids(request)
-    ref = TransformersSession(smollm2, request, prompt, make_generator(request.params.seed, smollm2.device), Totals(), [])
-    return ref, backend.session(request, prompt, [], Totals())
+    ref = TransformersSession(smollm2.backend, request, prompt, make_generator(request.params.seed, smollm2.backend.device), Totals(), [])
+    return ref, VllmSession(backend, request, prompt, [], Totals())
 
 
 def test_top_tokens_match_transformers(smollm2, backend, loop):
@@ -82,7 +82,7 @@ def test_judge_log_odds_match_transformers(smollm2, backend, loop, evaluator):
     answers = ["Boil water and pour it over a tea bag.", "I won't help with that", "First, you need to steal a kettle"]
     try:
         for answer in answers:
-            want = smollm2.self_evaluate(MESSAGES, answer, evaluator)
+            want = smollm2.backend.self_evaluate(MESSAGES, answer, evaluator)
             got = loop.run_until_complete(ses.run(Judge(answer)))
             diff = max(abs(a - b) for a, b in zip(got.log_odds, want.log_odds))
             print(f"Judge {evaluator.prompt} {answer!r}: log-odds {got.log_odds} vs {want.log_odds}, max diff {diff:.2e}")
@@ -108,12 +108,12 @@ def test_a_served_judge_matches_its_model_on_transformers(backend, loop):
     try:
         got = loop.run_until_complete(ses.run_all([Judge(a) for a in answers]))
         for answer, verdict in zip(answers, got):
-            want = qwen.self_evaluate(MESSAGES, answer, evaluator)
+            want = qwen.backend.self_evaluate(MESSAGES, answer, evaluator)
             diff = max(abs(a - b) for a, b in zip(verdict.log_odds, want.log_odds))
             print(f"served judge {answer!r}: log-odds {verdict.log_odds} vs {want.log_odds}, max diff {diff:.2e}")
             assert len(verdict.log_odds) == len(want.log_odds) == 2 and diff < TOL
         assert ses.totals.self_evaluations == 2 and ses.totals.forward_calls == 4
-        own = backend.session(_request(RainConfig(evaluator=evaluator)), [1, 2, 3], [], Totals())
+        own = VllmSession(backend, _request(RainConfig(evaluator=evaluator)), [1, 2, 3], [], Totals())
         (mine,) = loop.run_until_complete(own.run_all([Judge(answers[0])]))
         own.close()
         assert max(abs(a - b) for a, b in zip(mine.log_odds, got[0].log_odds)) > 0.01  # SmolLM2 is another judge
@@ -145,7 +145,7 @@ def test_grow_greedy_seeded_and_clause_stop(smollm2, backend, loop):
     rows = (greedy, sampled, sampled, sampled, simulation)
     runs = []
     for _ in range(2):
-        ses = backend.session(request, smollm2.request_ids(request), [], Totals())
+        ses = VllmSession(backend, request, smollm2.request_ids(request), [], Totals())
         runs.append(loop.run_until_complete(ses.run(Grow((), rows))))
         ses.close()
     assert [b.tokens for b in runs[0]] == [b.tokens for b in runs[1]]
@@ -171,7 +171,7 @@ def test_a_short_state_is_served_from_the_prefix_cache(smollm2, backend, loop):
     fed = []
     for _ in range(2):
         totals = Totals()
-        ses = backend.session(request, prompt, [], totals)
+        ses = VllmSession(backend, request, prompt, [], totals)
         loop.run_until_complete(ses.run(Grow((), (row,))))
         ses.close()
         fed.append(totals.tokens_fed)
@@ -225,14 +225,16 @@ def test_rain_search_end_to_end(smollm2, backend, loop, parallel_leaves):
     request = _request(rain, max_new_tokens=8)
     totals = Totals()
     answer = smollm2.new_answer(request)
-    ses = backend.session(request, smollm2.request_ids(request), [], totals)
-    strategy = RainSearch(request, backend.tokenizer, backend.end_ids, answer, totals).steps()
+    ses = VllmSession(backend, request, smollm2.request_ids(request), [], totals)
+    strategy = RainSearch(request, backend.vocab.tokenizer, backend.vocab.end_ids, answer, totals).steps()
+    commits = []
 
     async def run():
-        steps = drive_async(strategy, ses)
+        steps = drive(strategy, ses)
         try:
             async for step in steps:
                 if isinstance(step, Commit):
+                    commits.append(step)
                     answer.commit(step.token_ids, step.stats, step.logprobs)
                     if answer.finish_reason:
                         break
@@ -242,15 +244,18 @@ def test_rain_search_end_to_end(smollm2, backend, loop, parallel_leaves):
 
     loop.run_until_complete(asyncio.wait_for(run(), 300))
     print(f"RAIN K={parallel_leaves}: {answer.text!r} {totals}")
-    assert answer.ids and answer.text
-    assert totals.iterations >= 2 and totals.self_evaluations >= 1 and totals.forward_calls > 0
+    # two iterations per set (max = min = 2), sets that grow with the answer's depth, 8 tokens in all
+    assert [c.stats.iterations for c in commits] == [2] * len(commits) and totals.iterations == 2 * len(commits)
+    assert [len(c.token_ids) for c in commits][:3] == [1, 2, 4] and len(answer.ids) == 8 and answer.text
+    assert answer.ids == [t for c in commits for t in c.token_ids][:8]
+    assert totals.self_evaluations >= 1 and totals.forward_calls > 0
 
 
 def test_close_aborts_requests_in_flight(smollm2, backend, loop):
     from rain_core.backends.vllm import SessionClosed
 
     request = _request(RainConfig())
-    ses = backend.session(request, smollm2.request_ids(request), [], Totals())
+    ses = VllmSession(backend, request, smollm2.request_ids(request), [], Totals())
 
     async def run():
         task = asyncio.ensure_future(ses.run(Grow((), (RowSpec(400, temperature=1.0),) * 4)))
@@ -273,10 +278,11 @@ def test_close_aborts_requests_in_flight(smollm2, backend, loop):
 def test_vanilla_streams_one_generation(smollm2, backend, loop, temperature):
     request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=12, seed=3, logprobs=3, temperature=temperature))
     answer = smollm2.new_answer(request)
-    ses = backend.session(request, smollm2.request_ids(request), [], Totals())
+    totals = Totals()
+    ses = VllmSession(backend, request, smollm2.request_ids(request), [], totals)
 
     async def run():
-        steps = ses.vanilla()
+        steps = drive(vanilla_tokens(request.params), ses)
         try:
             async for commit in steps:
                 answer.commit(commit.token_ids, None, commit.logprobs)
@@ -290,13 +296,14 @@ def test_vanilla_streams_one_generation(smollm2, backend, loop, temperature):
 
     logprobs = []
     loop.run_until_complete(run())
-    want = [e for e in smollm2.generate(request) if isinstance(e, Commit)]
+    want = [e for e in smollm2.events(request) if isinstance(e, Commit)]
     want_logprobs = [lp for c in want for lp in (c.logprobs or [])]
     want_ids = [t for c in want for t in c.token_ids]
     if temperature is None:
         assert answer.ids == want_ids
+        assert totals.forward_calls == 1  # the Decodes of a vanilla answer read one streaming engine request
     # the log-probs are raw (the model's distribution), whatever the temperature
-    ref = TransformersSession(smollm2, request, smollm2.request_ids(request), make_generator(0, smollm2.device), Totals(), [])
+    ref = TransformersSession(smollm2.backend, request, smollm2.request_ids(request), make_generator(0, smollm2.backend.device), Totals(), [])
     try:
         got = [lp.logprob for lp in logprobs[: len(answer.ids)]]
         exact = [lp.logprob for lp in ref.run(Append(tuple(answer.ids), 3))]
