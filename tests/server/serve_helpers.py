@@ -14,6 +14,8 @@ MODEL = "SmolLM2-135M-Instruct"
 VANILLA = {"rain": {"enabled": False}}
 TINY_RAIN = {"rain": {"max_iters": 2, "min_iters": 2}}  # two iterations per commit keep RAIN tests short
 LONG = "Write a very long story about a clockmaker."  # an answer that runs to its max_tokens
+ENDLESS_RAIN = {"rain": {"max_iters": 10_000, "min_iters": 10_000}}  # its first set alone takes hours
+HANG_S = 300  # how long a wait may take before a test calls it a hang: a bound, not a measurement
 
 
 def prompt_tokens(tokenizer, messages) -> int:
@@ -113,6 +115,11 @@ def reference_text(server, max_tokens: int) -> str:
     answer = server.client().chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": LONG}], max_tokens=max_tokens)
     return answer.choices[0].message.content
+
+
+def idle(server) -> dict:
+    return server.wait_for(lambda h: h["running"] == 0 and h["waiting"] == 0, timeout_s=HANG_S,
+                           what="the workers and the queue to be free")
 
 
 def busy(health: dict) -> list[dict]:

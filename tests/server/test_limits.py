@@ -8,14 +8,12 @@ import httpx
 import openai
 import pytest
 
-from serve_helpers import MODEL, Stream, chat_body
+from serve_helpers import ENDLESS_RAIN, HANG_S, MODEL, Stream, chat_body, idle
 
 KEY = "s3cret"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 TIMEOUT_S = 4
-HANG_S = 300
 LONG = chat_body("Write a very long story about a lighthouse.", max_tokens=2000)
-ENDLESS_RAIN = {"rain": {"max_iters": 10_000, "min_iters": 10_000}}  # its first set alone takes hours
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +22,6 @@ def strict_server(launch_server, backend):
                        "--request-timeout", str(TIMEOUT_S), "--default-mode", "vanilla",
                        env={"RAIN_API_KEY": KEY}) as server:
         yield server
-
-
-def idle(server) -> dict:
-    return server.wait_for(lambda h: h["running"] == 0 and h["waiting"] == 0, timeout_s=HANG_S,
-                           what="the slot and the queue to empty")
 
 
 def keyed_stream(server, body: dict) -> Stream:

@@ -12,16 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from serve_helpers import MODEL, TINY_RAIN, VANILLA, Stream, chat_body, metric, scrape, sse_payloads
+from serve_helpers import (ENDLESS_RAIN, HANG_S, MODEL, TINY_RAIN, VANILLA, Stream, chat_body, idle, metric, scrape,
+                           sse_payloads)
 
 LONG = "Write a very long story about a dragon who learns to cook."
-ENDLESS_RAIN = {"rain": {"max_iters": 10_000, "min_iters": 10_000}}  # its first set alone takes hours
-HANG_S = 300  # how long a wait may take before the test calls it a hang: a bound, not a measurement
-
-
-def idle(server) -> dict:
-    return server.wait_for(lambda h: h["running"] == 0 and h["waiting"] == 0, timeout_s=HANG_S,
-                           what="the worker to be free again")
 
 
 def cancelled(server) -> float:
