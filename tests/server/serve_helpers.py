@@ -85,7 +85,7 @@ class Stream(threading.Thread):
             for payload in sse_payloads(response):
                 self.data.append(payload)
 
-    def wait_for_payloads(self, count: int, timeout_s: float = 120) -> None:
+    def wait_for_payloads(self, count: int, timeout_s: float = HANG_S) -> None:
         deadline = time.monotonic() + timeout_s
         while len(self.data) < count:
             assert self.is_alive(), f"the stream ended after {len(self.data)} payloads: {self.data[-2:]}"
