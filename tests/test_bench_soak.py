@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from bench.soak import Outcome, judge_plain, judge_stream, summarize, table
+from bench.soak import FAULTS, Fault, Outcome, fault_kinds, judge_plain, judge_stream, summarize, table
 
 ERROR = {"error": {"message": "m", "type": "service_unavailable_error", "param": None, "code": "worker_died"}}
 
@@ -40,11 +40,22 @@ def test_plain_answers_and_errors_are_judged_by_whether_the_request_was_good():
 
 
 def test_the_report_counts_losses_and_vanilla_answers_that_differ():
-    outcomes = [Outcome("plain", "completed", "same", "k"), Outcome("stream", "completed", "other", "k", True),
+    outcomes = [Outcome("plain", "completed", "same", "k", started=0, ended=1),
+                Outcome("stream", "completed", "other", "k", True, started=2, ended=5),
                 Outcome("stream", "abandoned"), Outcome("malformed", "error 400 invalid_value"),
+                Outcome("plain", "error 504 request_timeout"), Outcome("stream", "error 429 queue_full", retry_after=3),
                 Outcome("plain", "lost: ReadError")]
-    report = summarize(outcomes, clients=2, seconds=1.0, kills=1, latencies_ms=[1.0, 2.0, 3.0], health_failures=0)
-    assert (report.sent, report.completed, report.abandoned, report.resumed) == (5, 2, 1, 1)
-    assert report.lost == {"lost: ReadError": 1} and report.mismatched == 1
-    assert report.failed == {"error 400 invalid_value": 1}
-    assert "| **all** | 5 | 2 | 1 | 1 | **1** |" in table(report)
+    faults = [Fault(at_s=3.0, kind="kill_engine", worker=0, pid=7)]
+    report = summarize(outcomes, clients=2, seconds=9.0, faults=faults, latencies_ms=[1.0, 2.0, 3.0], health_failures=0)
+    assert (report.sent, report.completed, report.abandoned, report.resumed) == (7, 2, 1, 1)
+    assert report.completed_across_fault == 1 and report.faults == {"kill_engine": 1}  # the second, 2 s to 5 s
+    assert (report.errors_client, report.errors_ours, report.errors_ours_past_timeout) == (1, 2, 1)
+    assert report.lost == {"lost: ReadError": 1} and (report.mismatched, report.greedy_repeats) == (1, 1)
+    assert report.retry_after_s == [3]
+    assert "| **all** | 7 | 2 | 1 | 3 | **1** |" in table(report)
+
+
+def test_faults_are_those_the_backend_has():
+    assert fault_kinds("transformers", "qwen") == ("kill_worker", "stop_worker")
+    assert fault_kinds("vllm", None) == ("kill_worker", "kill_engine", "stop_worker")
+    assert fault_kinds("vllm", "qwen") == FAULTS
