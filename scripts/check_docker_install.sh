@@ -150,7 +150,7 @@ for kv in "${envs[@]}"; do
 done
 export VIRTUAL_ENV="$work/venv" PATH="$work/venv/bin:$PATH" RAIN_CACHE_DIR="$work/rain-cache"
 export TRITON_CACHE_DIR="$work/triton-cache"  # the image's is under /home/rain
-# The CPU variant's build arguments (NAME=VALUE, values may hold spaces), as docker_check.sh passes them.
+# The CPU variant's build arguments (NAME=VALUE), as docker_check.sh passes them.
 while IFS= read -r kv; do export "${kv?}"; done < <(grep -E '^[A-Z_]+=' "$root/scripts/cpu-image.args")
 unset PYTHONHOME
 # The image's build runs as root; here, a step's chown of our own files is skipped when we are not root.
@@ -195,7 +195,7 @@ from importlib import metadata
 want, package = os.environ["VLLM_VERSION"], os.environ["VLLM_PACKAGE"]
 got = metadata.version(package)
 assert got == want, f"{package} {got} installed, the Dockerfile pins {want}"
-for dist in os.environ["VLLM_UNLOADABLE"].split():
+for dist in filter(None, os.environ["VLLM_UNLOADABLE"].split(",")):
     try:
         metadata.version(dist)
     except metadata.PackageNotFoundError:

