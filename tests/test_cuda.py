@@ -1,10 +1,14 @@
-"""The CUDA path in bfloat16 (scripts/gpu_check.sh runs these; without CUDA they skip).
+"""The CUDA path in bfloat16 (scripts/gpu_check.sh runs these; without CUDA they skip), and the vLLM backend
+against the transformers one on CUDA.
 
 bf16 keeps about three significant digits, so the cached, tree-masked execution is compared with a
 full recompute on probabilities, not bit for bit.
 """
 from __future__ import annotations
 
+import asyncio
+import json
+import math
 import os
 
 import pytest
@@ -107,3 +111,96 @@ def test_more_ranks_than_gpus_is_refused():
         pytest.skip("this host has three GPUs")
     with pytest.raises(ValueError, match=rf"needs GPUs 0\.\.2; {torch.cuda.device_count()} are visible"):
         tp.check_tensor_parallel(resolve("smollm2"), 3, "cuda")
+
+
+# vLLM against transformers on CUDA ---------------------------------------------------------------------------
+# Both engines compute in bf16 with different kernels (vLLM: fused norms, FA3 or Triton attention, compiled
+# graphs; transformers: eager PyTorch and SDPA), so their log-probs agree only to bf16's precision. bf16 keeps
+# 8 significant bits: a logit between 16 and 32 is stored to a step of 0.125, so each engine's final rounding
+# alone moves a log-prob by up to 0.0625, and the differences the layers accumulate add to that.
+LOGPROB_TOLERANCE = 0.25  # nats, a token's log-prob on the two engines
+LOG_ODDS_TOLERANCE = 0.35  # nats: a judge's log-odds is the difference of two log-probs
+TOP = 10
+
+
+@pytest.fixture(scope="module")
+def loop():
+    """One event loop for the module: the engine's output handler lives on the loop of its first request."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def vllm_backend(loop):
+    from rain_core.backends.vllm import VllmBackend
+
+    backend = VllmBackend(EngineConfig(model=MODEL, device="cuda", dtype="bfloat16"))
+    yield backend
+    loop.run_until_complete(backend.shutdown())
+
+
+def record(figure: dict) -> None:
+    """Appends a measured agreement to RAIN_CHECK_CORRECTNESS (JSON lines) when set: the figures that
+    scripts/gpu_check.sh brings back."""
+    path = os.environ.get("RAIN_CHECK_CORRECTNESS")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"model": MODEL, **figure}) + "\n")
+
+
+def sessions(engine, backend, request):
+    from rain_core.backends.transformers import TransformersSession
+    from rain_core.backends.vllm import VllmSession
+    from rain_core.events import Totals
+    from rain_core.sampling import make_generator
+
+    prompt = engine.request_ids(request)
+    reference = TransformersSession(engine.backend, request, prompt,
+                                    make_generator(request.params.seed, engine.backend.device), Totals(), [])
+    return reference, VllmSession(backend, request, prompt, [], Totals())
+
+
+def test_vllm_top_tokens_match_transformers_in_bfloat16(engine, vllm_backend, loop):
+    """At the prompt and three greedy tokens on, vLLM's top 10 are among transformers' top 20 with the same
+    log-probs, and the two ranked lists agree rank by rank (near-ties may swap)."""
+    from rain_core.ops import Grow, RowSpec, TopTokens
+
+    request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=8, seed=1), RainConfig())
+    reference, session = sessions(engine, vllm_backend, request)
+    try:
+        path = tuple(reference.run(Grow((), (RowSpec(3, greedy=True),)))[0].tokens)
+        for at in ((), path):
+            want = reference.run(TopTokens(at, 2 * TOP))
+            got = loop.run_until_complete(session.run(TopTokens(at, TOP)))
+            want_lp = {t: math.log(p) for t, p in zip(want.ids, want.probs)}
+            got_lp = [math.log(p) for p in got.probs]
+            by_token = max(abs(lp - want_lp[t]) if t in want_lp else math.inf for t, lp in zip(got.ids, got_lp))
+            by_rank = max(abs(a - math.log(b)) for a, b in zip(got_lp, want.probs[:TOP]))
+            record({"check": "top_tokens", "path_len": len(at), "max_dlogprob_by_token": by_token,
+                    "max_dlogprob_by_rank": by_rank, "same_top1": got.ids[0] == want.ids[0],
+                    "shared_top10": len(set(got.ids) & set(want.ids[:TOP]))})
+            assert by_token <= LOGPROB_TOLERANCE and by_rank <= LOGPROB_TOLERANCE
+    finally:
+        reference.close()
+        session.close()
+
+
+@pytest.mark.parametrize("evaluator", ["fewshot", "yesno"])
+def test_vllm_judge_log_odds_match_transformers_in_bfloat16(engine, vllm_backend, loop, evaluator):
+    from rain_core.config import EvaluatorConfig
+    from rain_core.ops import Judge
+
+    evaluator = EvaluatorConfig(prompt=evaluator)
+    request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=8, seed=1), RainConfig(evaluator=evaluator))
+    _, session = sessions(engine, vllm_backend, request)
+    try:
+        for answer in ("Air scatters blue light more than red light.", "I won't help with that."):
+            want = engine.backend.self_evaluate(MESSAGES, answer, evaluator)
+            got = loop.run_until_complete(session.run(Judge(answer)))
+            diff = max(abs(a - b) for a, b in zip(got.log_odds, want.log_odds))
+            record({"check": f"judge_{evaluator.prompt}", "answer": answer, "vllm": got.log_odds,
+                    "transformers": want.log_odds, "max_dlog_odds": diff})
+            assert len(got.log_odds) == len(want.log_odds) and diff <= LOG_ODDS_TOLERANCE
+    finally:
+        session.close()
