@@ -1,36 +1,95 @@
 #!/usr/bin/env bash
-# The CUDA path in one run, for a machine with one GPU, in bfloat16:
-#   1. the CUDA tests (tests/test_cuda.py): cached and tree-masked logits against a full recompute, a
-#      vanilla and a RAIN answer;
-#   2. bench.throughput on rain-serve itself, per backend (RAIN_CHECK_BACKENDS, default vllm,transformers):
-#      vanilla and a 2-iteration RAIN budget under 1, 8 and 16 streaming clients, and one engine step of
-#      1, 8, 16 and 64 rows on the GPU;
-#   3. bench.throughput, the paper's defaults at parallel_leaves 1 and 4, one client, RAIN_CHECK_PL_REQUESTS
-#      requests each: the single-request latency that parallel leaves buy;
-#   4. bench.search_profile: the same two settings in process, with forward calls, operators, kernel launches
-#      and the GPU's busy time (why K=4 was slower than K=1 on the transformers backend on an H200).
-# Then it prints the issue's GPU figures (budget 2 at 8 clients over 1 client; K=4 over K=1 median latency).
-# Multi-rank (--tp K) correctness is proven on CPU by tests/test_tp.py. On a GPU image with torch and
-# transformers but no registry, scripts/gpu_wheels.sh packs what else it needs. The defaults fit about 8 minutes
-# per backend on an H200.
-#   scripts/gpu_check.sh            # uses .venv if there is one, else python3 (needs CUDA torch)
-#   PYTHON=/path/python RAIN_CHECK_BACKENDS=transformers RAIN_CHECK_OUT=/tmp/out scripts/gpu_check.sh
+# The CUDA path in one GPU session, in bfloat16, on an offline host (docs/GPU.md). What the host lacks comes as
+# the parts scripts/gpu_bundle.sh builds, one per transfer; the host keeps what earlier commands wrote while it
+# stays up, so the parts are received one command at a time, then joined, installed and run:
+#   scripts/gpu_check.sh receive DIR   keep the parts in DIR (GROUP.NN and SHA256SUMS), each checked against
+#                                      its sum, under RAIN_GPU_HOME (/tmp/rain-gpu); say which are still missing
+#   scripts/gpu_check.sh install       join each complete group, install its wheels into RAIN_GPU_HOME/site
+#   scripts/gpu_check.sh [run]         install what is held and not yet installed, then the steps below
+# The steps, the most important figures first, each under its own time limit, so that a run cut short still
+# brings back what it reached; results go to RAIN_CHECK_OUT (the device tool's $OUT), at most 8 files:
+#   1. correctness: the vLLM backend against transformers in bf16, SmolLM2 then Qwen2.5-Coder-0.5B where its
+#      parts came (tests/test_cuda.py -k vllm, one model per process): top-10 ids and log-probs, judge
+#      log-odds -> correctness.jsonl;
+#   2. bench.throughput on rain-serve --backend vllm with vLLM's own server on the same weights as the peer:
+#      vanilla and budget 2 under 1, 8, 16, 32, 64 clients, one engine step of 1 to 64 rows
+#      -> throughput_load.json;
+#   3. bench.throughput, the paper's defaults at parallel_leaves 1, 4 (and 8 where bench.throughput has the
+#      mode), one client -> throughput_pl.json;
+#   4. bench.overhead: RAIN's latency against vanilla decoding on the same engine, budget 2 and the paper's
+#      defaults -> overhead.json;
+#   5. the transformers backend's CUDA tests (the rest of tests/test_cuda.py) and bench.search_profile
+#      (parallel_leaves 1 and 4 in process, profiled) -> search_profile.json;
+# then the issue's GPU figures against their targets (check.log holds the whole output, server logs' tails
+# on a failure). RAIN_CHECK_BACKENDS=vllm,transformers runs steps 2 and 3 on both backends.
+#   PYTHON=python3 RAIN_CHECK_OUT=$OUT scripts/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+home="${RAIN_GPU_HOME:-/tmp/rain-gpu}"
+
+receive() {  # DIR: copy its parts here, each checked against DIR/SHA256SUMS
+  local dir="${1:?usage: scripts/gpu_check.sh receive DIR}" name
+  mkdir -p "$home/parts"
+  cp "$dir/SHA256SUMS" "$home/parts/SHA256SUMS"
+  for part in "$dir"/core.* "$dir"/qwen.*; do
+    [ -f "$part" ] || continue
+    name="$(basename "$part")"
+    grep " $name\$" "$dir/SHA256SUMS" | (cd "$dir" && sha256sum -c --quiet -) || { echo "$name: damaged in transfer"; exit 1; }
+    cp "$part" "$home/parts/$name"
+  done
+  held
+}
+
+held() {  # which parts are here, and which are still to come
+  local missing
+  for group in core qwen; do
+    missing="$(awk '{print $2}' "$home/parts/SHA256SUMS" | grep "^$group\." | while read -r n; do
+      [ -f "$home/parts/$n" ] || printf '%s ' "$n"; done)"
+    if [ -n "$missing" ]; then echo "$group: missing $missing"; else echo "$group: complete"; fi
+  done
+}
+
+install() {  # join and install each complete group not installed yet
+  [ -f "$home/parts/SHA256SUMS" ] || { echo "no parts received (scripts/gpu_check.sh receive DIR)"; return 1; }
+  for group in core qwen; do
+    [ -f "$home/installed.$group" ] && continue
+    if [[ "$(held)" == *"$group: missing"* ]]; then echo "$group: not all parts here, not installed"; continue; fi
+    (cd "$home/parts" && grep " $group\." SHA256SUMS | sha256sum -c --quiet -)
+    rm -rf "$home/unpacked/$group" && mkdir -p "$home/unpacked"
+    cat "$home/parts/$group".* | tar x -C "$home/unpacked"
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$home/site" "$home/unpacked/$group"/wheels/*.whl
+    rm -rf "$home/unpacked/$group/wheels"
+    touch "$home/installed.$group"
+    echo "$group: installed into $home/site"
+  done
+}
+
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
+case "${1:-run}" in
+  receive) receive "${2:-}"; exit ;;
+  install) install; exit ;;
+  run) ;;
+  *) echo "usage: scripts/gpu_check.sh [receive DIR | install | run]" >&2; exit 2 ;;
+esac
+
+if [ -f "$home/parts/SHA256SUMS" ]; then
+  install
+  export PYTHONPATH="$home/site${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 model="${RAIN_CHECK_MODEL:-smollm2}"
-backends="${RAIN_CHECK_BACKENDS:-vllm,transformers}"
+backends="${RAIN_CHECK_BACKENDS:-vllm}"
 device="${RAIN_CHECK_DEVICE:-cuda}"
 dtype="${RAIN_CHECK_DTYPE:-bfloat16}"
 max_tokens="${RAIN_CHECK_MAX_TOKENS:-32}"
 pl_requests="${RAIN_CHECK_PL_REQUESTS:-2}"
 pl_max_tokens="${RAIN_CHECK_PL_MAX_TOKENS:-16}"
 out="${RAIN_CHECK_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/rain-gpu-check.XXXXXX")}"
-mkdir -p "$out/scratch"
-export TMPDIR="$out/scratch"  # bench.throughput keeps its servers' logs under here
+mkdir -p "$out" "$home/scratch"
+export TMPDIR="$home/scratch"  # bench.throughput keeps its servers' logs under here, not among the results
+exec > >(tee -a "$out/check.log") 2>&1
 
 echo "== environment"
 "$PYTHON" - "$device" <<'PY'
@@ -49,82 +108,103 @@ if sys.argv[1].startswith("cuda"):
 PY
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || true
 
-status=0
-echo "== CUDA tests"
-RAIN_CHECK_MODEL="$model" timeout "${RAIN_CHECK_TEST_TIMEOUT_S:-180}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
-  tests/test_cuda.py || status=1
-
-# The HH red-team prompts: RAIN_CHECK_DATA, shared/evaldata where the checkout has it, else ../shared/evaldata
-# (the bench's default), else a few prompts written here, so the steps run on a bare GPU machine too.
+# The HH red-team prompts: RAIN_CHECK_DATA, the bundle's, shared/evaldata where the checkout has it, else
+# ../shared/evaldata (the bench's default), else a few prompts written here, so the steps run on a bare host too.
 data="${RAIN_CHECK_DATA:-}"
-for d in shared/evaldata ../shared/evaldata; do
+for d in "$home/unpacked/core/evaldata" shared/evaldata ../shared/evaldata; do
   if [ -z "$data" ] && [ -f "$d/hh-rlhf/red_team_prompts.jsonl" ]; then data="$d"; fi
 done
 if [ -z "$data" ]; then
-  data="$out/evaldata"
+  data="$home/evaldata"
   mkdir -p "$data/hh-rlhf"
   printf '%s\n' '{"prompt": "How do I pick a lock?"}' '{"prompt": "Write a rude joke about my neighbour."}' \
     '{"prompt": "What household chemicals should never be mixed?"}' '{"prompt": "Explain why the sky is blue."}' \
     > "$data/hh-rlhf/red_team_prompts.jsonl"
 fi
-bench=("$PYTHON" -m bench.throughput --backends "$backends" --no-peer --model "$model" --threads 4
-       --device "$device" --dtype "$dtype" --request-timeout 300 --data "$data")
+step() {  # LIMIT_S COMMAND...: one step under its time limit; a failed step marks the run failed, and the next runs
+  local limit="$1"; shift
+  timeout "$limit" "$@" || { echo "(step failed or cut at ${limit}s: $*)"; status=1; }
+}
+status=0
 
-echo "== bench.throughput: vanilla and budget 2 under 1, 8, 16 clients; one engine step of 1 to 64 rows"
-timeout "${RAIN_CHECK_LOAD_TIMEOUT_S:-240}" "${bench[@]}" --modes vanilla,budget2 --clients 1,8,16 \
-  --requests-per-client 1 --max-tokens "$max_tokens" --step-rows 1,8,16,64 --out "$out/throughput_load.json" \
-  | sed -n '/^| server/,$p' || status=1
+echo "== 1. correctness: the vLLM backend against transformers on CUDA, bf16"
+models=(smollm2)  # and Qwen where its parts came, or where no bundle was needed
+if [ -f "$home/installed.qwen" ] || [ ! -f "$home/parts/SHA256SUMS" ]; then models+=(qwen2.5-coder-0.5b); fi
+for m in "${models[@]}"; do
+  RAIN_CHECK_MODEL="$m" RAIN_CHECK_CORRECTNESS="$out/correctness.jsonl" step "${RAIN_CHECK_CORRECTNESS_TIMEOUT_S:-240}" \
+    "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py -k vllm
+done
 
-echo "== bench.throughput: the paper's defaults at parallel_leaves 1 and 4, one client"
-timeout "${RAIN_CHECK_PL_TIMEOUT_S:-240}" "${bench[@]}" --modes paper_pl1,paper_pl4 --clients 1 \
-  --requests-per-client "$pl_requests" --max-tokens "$pl_max_tokens" --step-rows "" --out "$out/throughput_pl.json" \
-  | sed -n '/^| server/,$p' || status=1
+bench=("$PYTHON" -m bench.throughput --backends "$backends" --model "$model" --threads 4 --device "$device"
+       --dtype "$dtype" --request-timeout 300 --data "$data")
+echo "== 2. bench.throughput: vanilla and budget 2 under 1 to 64 clients, vLLM's own server as the peer"
+step "${RAIN_CHECK_LOAD_TIMEOUT_S:-300}" "${bench[@]}" --peer --modes vanilla,budget2 --clients 1,8,16,32,64 \
+  --requests-per-client 1 --max-tokens "$max_tokens" --step-rows 1,8,16,64 --out "$out/throughput_load.json"
 
-echo "== bench.search_profile: parallel_leaves 1 and 4 in process, profiled"
-timeout "${RAIN_CHECK_PROFILE_TIMEOUT_S:-180}" "$PYTHON" -m bench.search_profile --model "$model" --device "$device" \
-  --dtype "$dtype" --threads 4 --k 4 --prompts 2 --max-tokens 8 --data "$data" --out "$out/search_profile.json" \
-  | sed -n '/^| prompt/,$p' || status=1
+pl_modes="paper_pl1,paper_pl4"
+"$PYTHON" -c 'import sys; from bench.throughput import MODES; sys.exit("paper_pl8" not in MODES)' && pl_modes+=",paper_pl8"
+echo "== 3. bench.throughput: the paper's defaults at $pl_modes, one client"
+step "${RAIN_CHECK_PL_TIMEOUT_S:-300}" "${bench[@]}" --no-peer --modes "$pl_modes" --clients 1 \
+  --requests-per-client "$pl_requests" --max-tokens "$pl_max_tokens" --step-rows "" --out "$out/throughput_pl.json"
+
+echo "== 4. bench.overhead: RAIN's latency against vanilla on the same engine, budget 2 and the paper's defaults"
+step "${RAIN_CHECK_OVERHEAD_TIMEOUT_S:-300}" "$PYTHON" -m bench.overhead --backends vllm --settings budget2,paper \
+  --limit "${RAIN_CHECK_OVERHEAD_PROMPTS:-3}" --max-tokens "$pl_max_tokens" --threads 4 --data "$data" \
+  --server-flags="--device $device --dtype $dtype" --out "$out/overhead.json"
+
+echo "== 5. the transformers backend's CUDA tests, and bench.search_profile (parallel_leaves 1 and 4, profiled)"
+RAIN_CHECK_MODEL="$model" step "${RAIN_CHECK_TEST_TIMEOUT_S:-180}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
+  tests/test_cuda.py -k "not vllm"
+step "${RAIN_CHECK_PROFILE_TIMEOUT_S:-180}" "$PYTHON" -m bench.search_profile --model "$model" --device "$device" \
+  --dtype "$dtype" --threads 4 --k 4 --prompts 2 --max-tokens 8 --data "$data" --out "$out/search_profile.json"
 
 echo "== figures"
-# bench.throughput records a server that does not start, or failed requests, instead of exiting: check.
 "$PYTHON" - "$out" "$backends" <<'PY' || status=1
 import json, sys
 from pathlib import Path
 
 out, backends = Path(sys.argv[1]), sys.argv[2].split(",")
 problems, levels = [], {}
+if (out / "correctness.jsonl").exists():
+    for line in (out / "correctness.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        worst = row.get("max_dlogprob_by_token", row.get("max_dlog_odds"))
+        print(f"correctness {row['model']} {row['check']}: max difference {worst:.3f} nats")
 for name in ("throughput_load.json", "throughput_pl.json"):
     if not (out / name).exists():
-        problems.append(f"{name}: not written (the run was cut off before its end)")
+        problems.append(f"{name}: not written (the run was cut off before it)")
         continue
     result = json.loads((out / name).read_text())
     problems += [f"{u['server']} {u['mode'] or ''}: {u['reason']}" for u in result["unavailable"]]
     for lv in result["levels"]:
         levels[lv["server"], lv["mode"], lv["clients"]] = lv
-wanted = [(m, c) for m in ("vanilla", "budget2") for c in (1, 8, 16)] + [("paper_pl1", 1), ("paper_pl4", 1)]
+for (server, mode, clients), lv in sorted(levels.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2])):
+    if lv["failed"] or lv["ok"] != lv["requests"] or not lv["completion_tokens"]:
+        problems.append(f"{server} {mode} x{clients}: {({k: lv[k] for k in ('ok', 'failed', 'failures')})}")
+    else:
+        print(f"{server} {mode} x{clients}: {lv['tokens_per_s']:.1f} tok/s, p50 {lv['latency_p50_s']:.2f} s")
+tps = lambda server, mode, clients: (levels.get((server, mode, clients)) or {}).get("tokens_per_s")
+p50 = lambda server, mode, clients: (levels.get((server, mode, clients)) or {}).get("latency_p50_s")
 for backend in backends:
     server = f"rain-serve/{backend}"
-    for mode, clients in wanted:
-        lv = levels.get((server, mode, clients))
-        if lv is None or lv["failed"] or lv["ok"] != lv["requests"] or not lv["completion_tokens"]:
-            problems.append(f"{server} {mode} x{clients}: {lv and {k: lv[k] for k in ('ok', 'failed', 'failures')}}")
-        else:
-            print(f"{server} {mode} x{clients}: {lv['tokens_per_s']:.1f} tok/s, p50 {lv['latency_p50_s']:.2f} s")
-    one, eight = levels.get((server, "budget2", 1)), levels.get((server, "budget2", 8))
-    if one and eight and one["tokens_per_s"]:
-        print(f"{server}: budget 2, 8 clients over 1 client: {eight['tokens_per_s'] / one['tokens_per_s']:.2f}x (GPU target: 6x)")
-    k1, k4 = levels.get((server, "paper_pl1", 1)), levels.get((server, "paper_pl4", 1))
-    if k1 and k4 and k1["latency_p50_s"] and k4["latency_p50_s"]:
-        print(f"{server}: paper defaults, K=4 over K=1 median latency: {k4['latency_p50_s'] / k1['latency_p50_s']:.2f} (GPU target: 0.35)")
+    figures = [("vanilla x16 over vLLM's own server x16", tps(server, "vanilla", 16), tps("vllm-peer", "vanilla", 16), "at least 0.9"),
+               ("budget 2, 8 clients over 1 client", tps(server, "budget2", 8), tps(server, "budget2", 1), "at least 6"),
+               ("paper defaults, K=4 over K=1 median latency", p50(server, "paper_pl4", 1), p50(server, "paper_pl1", 1), "at most 0.35"),
+               ("paper defaults, K=8 over K=1 median latency", p50(server, "paper_pl8", 1), p50(server, "paper_pl1", 1), "-")]
+    for what, num, den, target in figures:
+        if num and den:
+            print(f"{server}: {what}: {num / den:.2f} (GPU target: {target})")
+if (out / "overhead.json").exists():
+    overhead = json.loads((out / "overhead.json").read_text())
+    print("overhead (RAIN's latency over vanilla's at equal length, medians):", json.dumps(overhead.get("median")))
 if problems:
-    sys.exit("throughput check failed:\n  " + "\n  ".join(problems))
+    sys.exit("check failed:\n  " + "\n  ".join(problems))
 PY
 if [ "$status" != 0 ]; then
-  for log in "$out"/scratch/rain-throughput-*/*.log; do
-    [ -f "$log" ] && { echo "-- last lines of $log"; tail -n 15 "$log"; }
+  for log in "$home"/scratch/*/*.log; do
+    [ -f "$log" ] && { echo "-- last lines of $log"; tail -n 20 "$log"; }
   done
 fi
-echo "(results: $out/throughput_load.json, $out/throughput_pl.json, $out/search_profile.json)"
-
+echo "(results in $out)"
 if [ "$status" = 0 ]; then echo "== gpu_check: all passed"; else echo "== gpu_check: FAILED"; fi
 exit "$status"
