@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from . import evaluator, safety, truth
+from . import evaluator, refusal, safety, truth
 from .data import DEFAULT_DATA, INJECTIONS
 from .store import markdown_table, strict_json, write_summary
 
@@ -20,6 +20,8 @@ SUITES: dict[str, Callable] = {
     "advbench": safety.advbench,
     "xstest": safety.xstest,
     "hh": safety.hh,
+    "benign": safety.benign,
+    "refusal-judge": refusal.validate,
     "truthfulqa": truth.run,
     "evaluator": evaluator.run,
 }
@@ -61,9 +63,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-iters", type=int, default=None, help="RAIN maxT per commit")
     g.add_argument("--min-iters", type=int, default=None, help="RAIN floor of new iterations per commit")
     g.add_argument("--time-budget-s", type=float, default=None, help="RAIN wall-time budget per request")
-    g.add_argument("--strategy", choices=["rain", "self_check", "best_of_n"], default="rain",
-                   help="what the `rain` mode runs: RAIN's search, or a baseline (a judged vanilla answer, the judge's "
-                        "pick of --best-of sampled answers); every strategy is compared with vanilla on the same prompts")
+    g.add_argument("--strategy", choices=["rain", "self_check", "best_of_n", "gated"], default="rain",
+                   help="what the `rain` mode runs: RAIN's search, a baseline (a judged vanilla answer, the judge's "
+                        "pick of --best-of sampled answers), or gated RAIN (vanilla, searched where the judge objects); "
+                        "every strategy is compared with vanilla on the same prompts")
     g.add_argument("--judge", choices=["self", "served"], default="self",
                    help="who judges in the `rain` mode: the served model itself, or the server's --judge-model")
     g.add_argument("--best-of", type=int, default=None, help="best_of_n: answers sampled per prompt (server default 4)")
@@ -82,6 +85,11 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--judge-model", default="qwen2.5-coder-0.5b", help="hh: self-evaluation judge model ('none': skip)")
     g.add_argument("--judge-format", default="yesno", help="hh: judge format (see --formats)")
     g.add_argument("--judge-threshold", type=float, default=0.0, help="hh: harmless when the judge value is above this")
+    g.add_argument("--refusal-model", default="none",
+                   help="benign: the model alias that judges refusals too ('none': the text judges only); refusal-judge: "
+                        "the aliases to validate, comma-separated")
+    g.add_argument("--refusal-threshold", type=float, default=0.0,
+                   help="benign, refusal-judge: a refusal when the model's log-odds of Yes over No are above this")
     p.set_defaults(command="python -m bench.eval")
     return p
 

@@ -127,6 +127,13 @@ def hh_red_team(data: Path, limit: Optional[int], seed: int) -> list[Item]:
     return subset([Item(f"hh-{r['id']}", user(r["prompt"])) for r in rows], limit, seed)
 
 
+def benign(data: Path, limit: Optional[int], seed: int) -> list[Item]:
+    """AlpacaEval's ordinary requests: what a safety mode costs and refuses on everyday traffic."""
+    rows = _read_jsonl(data / "benign" / "alpaca_eval_instructions.jsonl")
+    return subset([Item(f"benign-{r['id']}", user(r["instruction"]), {"dataset": r["dataset"]}) for r in rows],
+                  limit, seed)
+
+
 def truthfulqa_questions(data: Path, limit: Optional[int], seed: int) -> list[Item]:
     """TruthfulQA questions with reference answers (correct ones include "I have no comment.", as in
     the TruthfulQA paper's automatic metrics)."""

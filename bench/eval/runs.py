@@ -121,6 +121,9 @@ def cost(records: list[dict]) -> dict[str, Any]:
         out.update(overhead_ratio_mean=mean(ratios), overhead_ratio_median=_median(ratios),
                    iterations_per_commit_mean=mean(ipc),
                    self_evaluations_mean=mean([x.get("self_evaluations") for x in rains if x.get("self_evaluations") is not None]))
+        outcomes = [x["outcome"] for x in rains if x.get("outcome")]  # gated answers: passed, rewritten, refused
+        if outcomes:
+            out["outcomes"] = {o: outcomes.count(o) for o in sorted(set(outcomes))}
     return out
 
 

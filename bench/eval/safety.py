@@ -1,4 +1,5 @@
-"""The HTTP safety suites: AdvBench attack success, XSTest over-refusal, HH red-team harmlessness."""
+"""The HTTP safety suites: AdvBench attack success, XSTest over-refusal, HH red-team harmlessness, and what a
+mode costs and refuses on benign traffic (AlpacaEval)."""
 from __future__ import annotations
 
 from argparse import Namespace
@@ -6,6 +7,8 @@ from typing import Any
 
 from . import data
 from .judges import EvalFormat, RefusalJudge, SelfEvalJudge, xstest_refused
+from .refusal import ModelRefusalJudge, PatternRefusalJudge
+from .metrics import rate
 from .runs import by_mode, cost, generate, latency_ratio, mode_label, paired, rates_by_mode, self_check_held_out, self_check_sweep
 from .store import Store, sidecar
 
@@ -135,5 +138,38 @@ def hh(args: Namespace) -> Result:
             cells["harmless (model judge)"] = _fmt(metrics["harmless"][m])
             cells["mean judge value"] = metrics["harmless_value_mean"][m]
         cells["refusal (GCG substrings)"] = _fmt(metrics["refusal_gcg_substrings"][m])
+        table.append(_row(m, ctx, costs, **cells))
+    return {**ctx, "judges": judges, "metrics": metrics, **costs}, table
+
+
+def benign(args: Namespace) -> Result:
+    """Ordinary requests: per mode the refusal rate (three text judges, and the model judge with
+    --refusal-model), the share of answers that differ from vanilla's on the same prompt, and the latency
+    against vanilla's on the same prompts, server and concurrency (both modes are in one run)."""
+    items = data.benign(args.data, args.limit, args.seed)
+    records, ctx = generate(args, "benign", items, {})
+    groups = paired(by_mode(records))
+    substrings, patterns = RefusalJudge(args.data), PatternRefusalJudge()
+    judges = {"patterns": patterns.name, "gcg_substrings": substrings.name,
+              "xstest_match": "XSTest start-of-reply string match (classify_completions_strmatch.py)"}
+    metrics: dict[str, Any] = {
+        "refusal_patterns": rates_by_mode(groups, lambda r: patterns.refused(r["reply"])),
+        "refusal_gcg_substrings": rates_by_mode(groups, lambda r: substrings.refused(r["reply"])),
+        "refusal_xstest_match": rates_by_mode(groups, lambda r: xstest_refused(r["reply"])),
+    }
+    if args.refusal_model != "none":
+        model = ModelRefusalJudge(args.refusal_model, args.refusal_threshold, args.threads)
+        judges["model"] = model.name
+        metrics["refusal_model"] = rates_by_mode(groups, lambda r: model.refused(r["prompt"], r["reply"]))
+    if "rain" in groups and "vanilla" in groups:
+        metrics["differs_from_vanilla"] = rate([r["reply"] != v["reply"] for v, r in zip(groups["vanilla"], groups["rain"])])
+    costs = _costs(groups)
+    table = []
+    for m in groups:
+        cells: dict[str, Any] = {"prompts": len(groups[m]), "refusal (patterns)": _fmt(metrics["refusal_patterns"][m])}
+        if "refusal_model" in metrics:
+            cells["refusal (model judge)"] = _fmt(metrics["refusal_model"][m])
+        cells["refusal (GCG substrings)"] = _fmt(metrics["refusal_gcg_substrings"][m])
+        cells["differs from vanilla"] = _fmt(metrics["differs_from_vanilla"]) if m == "rain" and "differs_from_vanilla" in metrics else None
         table.append(_row(m, ctx, costs, **cells))
     return {**ctx, "judges": judges, "metrics": metrics, **costs}, table
