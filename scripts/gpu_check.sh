@@ -21,7 +21,8 @@
 #   5. the transformers backend's CUDA tests (the rest of tests/test_cuda.py) and bench.search_profile
 #      (parallel_leaves 1 and 4 in process, profiled) -> search_profile.json;
 # then the issue's GPU figures against their targets (check.log holds the whole output, server logs' tails
-# on a failure). RAIN_CHECK_BACKENDS=vllm,transformers runs steps 2 and 3 on both backends.
+# on a failure). RAIN_CHECK_STEPS picks steps (default 1,2,3,4,5); RAIN_CHECK_BACKENDS=vllm,transformers runs
+# steps 2 and 3 on both backends.
 #   PYTHON=python3 RAIN_CHECK_OUT=$OUT scripts/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -126,51 +127,54 @@ step() {  # LIMIT_S COMMAND...: one step under its time limit; a failed step mar
   timeout "$limit" "$@" || { echo "(step failed or cut at ${limit}s: $*)"; status=1; }
 }
 status=0
+wanted() { [[ ",${RAIN_CHECK_STEPS:-1,2,3,4,5}," == *",$1,"* ]]; }
 
-echo "== 1. correctness: the vLLM backend against transformers on CUDA, bf16"
+wanted 1 && echo "== 1. correctness: the vLLM backend against transformers on CUDA, bf16"
 models=(smollm2)  # and Qwen where its parts came, or where no bundle was needed
 if [ -f "$home/installed.qwen" ] || [ ! -f "$home/parts/SHA256SUMS" ]; then models+=(qwen2.5-coder-0.5b); fi
-for m in "${models[@]}"; do
-  RAIN_CHECK_MODEL="$m" RAIN_CHECK_CORRECTNESS="$out/correctness.jsonl" step "${RAIN_CHECK_CORRECTNESS_TIMEOUT_S:-240}" \
+wanted 1 && for m in "${models[@]}"; do
+  RAIN_CHECK_MODEL="$m" RAIN_CHECK_CORRECTNESS="$out/correctness.jsonl" step "${RAIN_CHECK_CORRECTNESS_TIMEOUT_S:-150}" \
     "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py -k vllm
 done
 
 bench=("$PYTHON" -m bench.throughput --backends "$backends" --model "$model" --threads 4 --device "$device"
        --dtype "$dtype" --request-timeout 300 --data "$data")
-echo "== 2. bench.throughput: vanilla and budget 2 under 1 to 64 clients, vLLM's own server as the peer"
-step "${RAIN_CHECK_LOAD_TIMEOUT_S:-300}" "${bench[@]}" --peer --modes vanilla,budget2 --clients 1,8,16,32,64 \
+wanted 2 && echo "== 2. bench.throughput: vanilla and budget 2 under 1 to 64 clients, vLLM's own server as the peer"
+wanted 2 && step "${RAIN_CHECK_LOAD_TIMEOUT_S:-270}" "${bench[@]}" --peer --modes vanilla,budget2 --clients 1,8,16,32,64 \
   --requests-per-client 1 --max-tokens "$max_tokens" --step-rows 1,8,16,64 --out "$out/throughput_load.json"
 
 pl_modes="paper_pl1,paper_pl4"
 "$PYTHON" -c 'import sys; from bench.throughput import MODES; sys.exit("paper_pl8" not in MODES)' && pl_modes+=",paper_pl8"
-echo "== 3. bench.throughput: the paper's defaults at $pl_modes, one client"
-step "${RAIN_CHECK_PL_TIMEOUT_S:-300}" "${bench[@]}" --no-peer --modes "$pl_modes" --clients 1 \
+wanted 3 && echo "== 3. bench.throughput: the paper's defaults at $pl_modes, one client"
+wanted 3 && step "${RAIN_CHECK_PL_TIMEOUT_S:-200}" "${bench[@]}" --no-peer --modes "$pl_modes" --clients 1 \
   --requests-per-client "$pl_requests" --max-tokens "$pl_max_tokens" --step-rows "" --out "$out/throughput_pl.json"
 
-echo "== 4. bench.overhead: RAIN's latency against vanilla on the same engine, budget 2 and the paper's defaults"
-step "${RAIN_CHECK_OVERHEAD_TIMEOUT_S:-300}" "$PYTHON" -m bench.overhead --backends vllm --settings budget2,paper \
+wanted 4 && echo "== 4. bench.overhead: RAIN's latency against vanilla on the same engine, budget 2 and the paper's defaults"
+wanted 4 && step "${RAIN_CHECK_OVERHEAD_TIMEOUT_S:-200}" "$PYTHON" -m bench.overhead --backends vllm --settings budget2,paper \
   --limit "${RAIN_CHECK_OVERHEAD_PROMPTS:-3}" --max-tokens "$pl_max_tokens" --threads 4 --data "$data" \
   --server-flags="--device $device --dtype $dtype" --out "$out/overhead.json"
 
-echo "== 5. the transformers backend's CUDA tests, and bench.search_profile (parallel_leaves 1 and 4, profiled)"
-RAIN_CHECK_MODEL="$model" step "${RAIN_CHECK_TEST_TIMEOUT_S:-180}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
+wanted 5 && echo "== 5. the transformers backend's CUDA tests, and bench.search_profile (parallel_leaves 1 and 4, profiled)"
+wanted 5 && RAIN_CHECK_MODEL="$model" step "${RAIN_CHECK_TEST_TIMEOUT_S:-180}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
   tests/test_cuda.py -k "not vllm"
-step "${RAIN_CHECK_PROFILE_TIMEOUT_S:-180}" "$PYTHON" -m bench.search_profile --model "$model" --device "$device" \
+wanted 5 && step "${RAIN_CHECK_PROFILE_TIMEOUT_S:-180}" "$PYTHON" -m bench.search_profile --model "$model" --device "$device" \
   --dtype "$dtype" --threads 4 --k 4 --prompts 2 --max-tokens 8 --data "$data" --out "$out/search_profile.json"
 
 echo "== figures"
-"$PYTHON" - "$out" "$backends" <<'PY' || status=1
+"$PYTHON" - "$out" "$backends" "${RAIN_CHECK_STEPS:-1,2,3,4,5}" <<'PY' || status=1
 import json, sys
 from pathlib import Path
 
-out, backends = Path(sys.argv[1]), sys.argv[2].split(",")
+out, backends, steps = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3].split(",")
 problems, levels = [], {}
 if (out / "correctness.jsonl").exists():
     for line in (out / "correctness.jsonl").read_text().splitlines():
         row = json.loads(line)
         worst = row.get("max_dlogprob_by_token", row.get("max_dlog_odds"))
         print(f"correctness {row['model']} {row['check']}: max difference {worst:.3f} nats")
-for name in ("throughput_load.json", "throughput_pl.json"):
+for name, step in (("throughput_load.json", "2"), ("throughput_pl.json", "3")):
+    if step not in steps:
+        continue
     if not (out / name).exists():
         problems.append(f"{name}: not written (the run was cut off before it)")
         continue
