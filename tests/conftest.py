@@ -98,6 +98,9 @@ def start_server(*flags: str, env: Optional[dict] = None, start_timeout_s: float
     port = free_port()
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"rain-serve-test-{port}.log"
     environment = {k: v for k, v in os.environ.items() if k != "RAIN_API_KEY"}
+    # a vLLM engine's KV cache on CPU: 1 GiB holds what these tests ask; the default 2 would put the
+    # session's servers (two for each backend at times, a judge's engine too) over a 24 GiB machine
+    environment.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     environment.update(env or {})
     with open(log_path, "w") as log:  # a process group of its own, so a test may signal the whole group
         process = subprocess.Popen([str(binary), "--host", "127.0.0.1", "--port", str(port), *flags],
@@ -146,8 +149,7 @@ def judged_server(backend) -> Iterator[RunningServer]:
     """SmolLM2 with a Qwen2.5-Coder-0.5B judge beside it (on vLLM an engine of its own: two to start),
     vanilla by default."""
     with start_server("--backend", backend, "--judge-model", "qwen2.5-coder-0.5b", "--threads", "2",
-                      "--default-mode", "vanilla", env={"VLLM_CPU_KVCACHE_SPACE": "1"},
-                      start_timeout_s=600) as server:
+                      "--default-mode", "vanilla", start_timeout_s=600) as server:
         yield server
 
 
