@@ -1,11 +1,33 @@
 """The answer under construction: committed ids, text deltas, and when it must end."""
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
-from .config import Resume
+from .config import Resume, SamplingParams
 from .events import Commit, CommitStats, FinishReason, TokenLogprob
 from .text import IncrementalDecoder, StopMatcher
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The served model's tokenizer and end-of-turn ids: what a strategy needs to read and end an answer."""
+
+    tokenizer: Any
+    end_ids: frozenset[int]
+
+    def answer(self, params: SamplingParams) -> "Answer":
+        """An empty answer under a request's limits: stop sequences, end-of-turn tokens, max tokens."""
+        return Answer(self.tokenizer, self.end_ids, params.stop, params.max_new_tokens)
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    @property
+    def end_id(self) -> int:
+        """The end-of-turn token an answer the server writes ends with."""
+        eos = self.tokenizer.eos_token_id
+        return eos if eos in self.end_ids else min(self.end_ids)
 
 
 class Answer:

@@ -16,20 +16,20 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from .branches import RowSpec
+from .answer import Vocabulary
 from .config import REFUSAL_TEXT, GenerationRequest
 from .events import Commit, Judgment, SearchTick, TokenLogprob, Totals
-from .ops import Append, Decode, Grow, Judge, Strategy
+from .ops import Append, Decode, Grow, Judge, RowSpec, Steps
 
 SENTENCE_ENDS = ".?!\n"  # streamed self_check judges the answer each time its text ends with one of these
 
-StrategyFactory = Callable[..., Strategy]
+StrategyFactory = Callable[[Vocabulary, GenerationRequest, Totals, Judgment], Steps]
 
 
-def self_check(engine, request: GenerationRequest, totals: Totals, judgment: Judgment) -> Strategy:
+def self_check(vocab: Vocabulary, request: GenerationRequest, totals: Totals, judgment: Judgment) -> Steps:
     """A vanilla answer, committed only after the judge has passed it (sentence by sentence when streamed)."""
     params = request.params
-    draft = engine.new_answer(request)  # what the client will have once the pending tokens are committed
+    draft = vocab.answer(params)  # what the client will have once the pending tokens are committed
     pending: list[int] = []
     pending_logprobs: Optional[list[TokenLogprob]] = None if params.logprobs is None else []
     sent = ""
@@ -47,27 +47,26 @@ def self_check(engine, request: GenerationRequest, totals: Totals, judgment: Jud
         judgment.values.append(value)
         judgment.replaced = value <= judgment.threshold
         if judgment.replaced:
-            yield Commit(refusal_ids(engine, sent), "")
+            yield Commit(refusal_ids(vocab, sent), "")
             return
         yield Commit(pending, "", logprobs=pending_logprobs)
         pending, sent = [], draft.text
         pending_logprobs = None if pending_logprobs is None else []
 
 
-def refusal_ids(engine, sent: str) -> list[int]:
+def refusal_ids(vocab: Vocabulary, sent: str) -> list[int]:
     """The refusal's tokens and an end-of-turn token, so the answer ends there with finish_reason stop;
     after text already sent it starts with a space."""
     text = REFUSAL_TEXT if not sent or sent[-1].isspace() else " " + REFUSAL_TEXT
-    end = engine.tokenizer.eos_token_id if engine.tokenizer.eos_token_id in engine.end_ids else min(engine.end_ids)
-    return engine.tokenizer(text, add_special_tokens=False).input_ids + [end]
+    return vocab.ids(text) + [vocab.end_id]
 
 
-def best_of_n(engine, request: GenerationRequest, totals: Totals, judgment: Judgment) -> Strategy:
+def best_of_n(vocab: Vocabulary, request: GenerationRequest, totals: Totals, judgment: Judgment) -> Steps:
     """`best_of` sampled answers, grown side by side in one decode loop; the judge's favourite is committed."""
     cfg, params = request.rain, request.params
     row = RowSpec(params.max_new_tokens, temperature=cfg.candidate_temperature, top_p=cfg.candidate_top_p)
     branches = yield Grow((), (row,) * cfg.best_of)
-    verdicts = yield [Judge(client_text(engine, request, branch.tokens)) for branch in branches]
+    verdicts = yield [Judge(client_text(vocab, request, branch.tokens)) for branch in branches]
     judgment.values.extend(verdict.value for verdict in verdicts)
     yield SearchTick(totals.iterations)
     judgment.chosen = max(range(len(branches)), key=lambda i: (judgment.values[i], -i))
@@ -78,9 +77,9 @@ def best_of_n(engine, request: GenerationRequest, totals: Totals, judgment: Judg
     yield Commit(tokens, "", logprobs=logprobs)
 
 
-def client_text(engine, request: GenerationRequest, tokens: list[int]) -> str:
+def client_text(vocab: Vocabulary, request: GenerationRequest, tokens: list[int]) -> str:
     """The text a client would receive for `tokens`: cut at stops and limits, as it is judged."""
-    draft = engine.new_answer(request)
+    draft = vocab.answer(request.params)
     draft.commit(tokens)
     return draft.text
 

@@ -7,45 +7,14 @@ of the state as branches of their own (the leaves of one wave of the search), st
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 
 from .events import Totals
+from .ops import Branch, RowSpec
 from .runner import ModelRunner, TreeLayout
 from .sampling import filtered_probs
-
-
-@dataclass(frozen=True)
-class RowSpec:
-    max_len: int
-    greedy: bool = False
-    temperature: float = 1.0
-    top_k: int = 0  # 0: the full distribution
-    top_p: float = 1.0
-    stop_chars: str = ""  # the row ends once its text ends with one of these (simulations: at a clause)
-
-
-@dataclass
-class Branch:
-    tokens: list[int] = field(default_factory=list)
-    logprob: float = 0.0  # under the row's own filtered distribution
-    ended: bool = False  # stopped on an end-of-turn token
-
-    @property
-    def prob(self) -> float:
-        return math.exp(self.logprob)
-
-
-TAIL_TOKENS = 8  # enough trailing tokens to see the last character of the text
-
-
-def ends_with_any(tokenizer, ids: list[int], chars: str) -> bool:
-    """Whether the text of `ids` ends with one of `chars` (only the last few tokens are decoded)."""
-    tail = tokenizer.decode(ids[-TAIL_TOKENS:], skip_special_tokens=True)
-    return bool(tail) and tail[-1] in chars
 
 
 def grow_branches(

@@ -22,13 +22,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-iters", type=int, default=None, help="floor of iterations per commit (default 15)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    engine = Engine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, tp=args.tp))
+    engine = Engine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype, backend=args.backend))
     rain = None
     if not args.vanilla:
         overrides = {k: v for k, v in (("max_iters", args.max_iters), ("min_iters", args.min_iters)) if v is not None}
@@ -38,13 +38,17 @@ def main(argv=None) -> int:
         params=SamplingParams(max_new_tokens=args.max_tokens, seed=args.seed),
         rain=rain,
     )
-    for event in engine.generate(request):
+    engine.run(print_events(engine, request))
+    return 0
+
+
+async def print_events(engine: Engine, request: GenerationRequest) -> None:
+    async for event in engine.generate(request):
         if isinstance(event, Commit):
             sys.stdout.write(event.text)
             sys.stdout.flush()
         elif isinstance(event, Finish):
             print(f"\n\n[finish: {event.finish_reason}] " + json.dumps(event.totals.as_dict()), file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

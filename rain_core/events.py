@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional, Union
 
+# Why an answer ended: the one vocabulary of rain_core (`time_budget`: a search ran out of its time budget;
+# `cancelled`: its request was withdrawn). OPENAI_FINISH_REASON maps each to what the OpenAI API names it.
 FinishReason = Literal["stop", "length", "cancelled", "time_budget"]
+OpenAIFinishReason = Literal["stop", "length"]
+OPENAI_FINISH_REASON: dict[str, OpenAIFinishReason] = {"stop": "stop", "length": "length", "time_budget": "length",
+                                                       "cancelled": "stop"}
 
 
 @dataclass
@@ -56,10 +61,21 @@ class Totals:
     commits: int = 0
     iterations: int = 0
     self_evaluations: int = 0
-    forward_calls: int = 0
-    tokens_fed: int = 0  # tokens pushed through the model, prompt included
-    prefill_s: float = 0.0  # time to feed the prompt
-    wall_s: float = 0.0
+    forward_calls: int = 0  # model calls (engine requests on vLLM), the judge's included
+    tokens_fed: int = 0  # tokens the served model computed for this request (prompt included; prefix-cache hits not)
+    judge_tokens_fed: int = 0  # tokens a separate --judge-model computed for it
+    wall_s: float = 0.0  # from the engine's start on the request to its end
+
+    def count(self, tokens: int, judge: bool = False) -> None:
+        """One model call that computed `tokens` tokens, on the served model or on a --judge-model."""
+        self.forward_calls += 1
+        self.add_tokens(tokens, judge)
+
+    def add_tokens(self, tokens: int, judge: bool = False) -> None:
+        if judge:
+            self.judge_tokens_fed += tokens
+        else:
+            self.tokens_fed += tokens
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +19,7 @@ ALIASES = {
     "qwen2.5-coder-0.5b": "Qwen2.5-Coder-0.5B-Instruct",
     "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B-Instruct",
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # torch dtypes by name: torch is imported only to load weights
 
 
 @dataclass(frozen=True)
@@ -206,18 +205,13 @@ def weights_dir(source: ModelSource) -> Optional[str]:
     return str(saved) if saved else None
 
 
-def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32", tp_plan: Optional[str] = None):
+def load_model(source: ModelSource, device: str = "cpu", dtype: str = "float32"):
+    import torch
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
     path = weights_dir(source)
     if path is None:  # a GGUF whose conversion cannot be kept: convert in memory
-        return _dequantized(source).to(device=device, dtype=DTYPES[dtype]).eval()
-    kwargs = dict(dtype=DTYPES[dtype])
-    if tp_plan:
-        kwargs["tp_plan"] = tp_plan
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if not tp_plan:
-        model = model.to(device)
-    return model.eval()
+        return _dequantized(source).to(device=device, dtype=getattr(torch, dtype)).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()

@@ -20,8 +20,10 @@ from .events import Totals
 class ModelRunner:
     """Owns the model and its caches. All tensors stay on the model's device."""
 
-    def __init__(self, model, device: torch.device):
+    def __init__(self, model, device: torch.device, judge: bool = False):
+        """`judge`: this model only judges (a --judge-model): its work counts as the judge's."""
         self.model = model
+        self.judge = judge
         self.device = torch.device(device)
         self.caches: dict[int, DynamicCache] = {}
         self._next_handle = 0
@@ -77,8 +79,7 @@ class ModelRunner:
             logits_to_keep=logits_at.to(self.device),
         )
         if totals is not None:
-            totals.forward_calls += 1
-            totals.tokens_fed += input_ids.shape[1]
+            totals.count(input_ids.shape[1], judge=self.judge)
         return out.logits[0].float()
 
 

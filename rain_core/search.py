@@ -20,10 +20,10 @@ from typing import Optional
 import torch
 
 from .answer import Answer
-from .branches import Branch, RowSpec, ends_with_any
+from .text import ends_with_any
 from .config import GenerationRequest
 from .events import Commit, CommitStats, Finish, SearchTick, Totals
-from .ops import Append, Embed, Grow, Judge, Ranked, Strategy, TopTokens, lockstep
+from .ops import Append, Branch, Embed, Grow, Judge, Ranked, RowSpec, Steps, TopTokens, lockstep
 from .tree import Node, Tree, clip_greedy_prior
 
 
@@ -41,7 +41,7 @@ class RainSearch:
         self._settled: dict[Node, LeafEvaluation] = {}  # terminal leaves evaluated since the last commit
 
     # outer loop ------------------------------------------------------------------------------
-    def steps(self) -> Strategy:
+    def steps(self) -> Steps:
         """Yield a SearchTick per wave and a Commit proposal per chosen set; the engine
         commits it to the answer and closes this generator once the answer has ended."""
         while True:
@@ -64,7 +64,7 @@ class RainSearch:
             yield Commit(list(child.tokens), "", stats, logprobs=logprobs)
 
     # inner loop ------------------------------------------------------------------------------
-    def _wave(self, k: int, budget: int) -> Strategy:
+    def _wave(self, k: int, budget: int) -> Steps:
         """Up to `budget` iterations, at most `k` of them evaluated together: select leaves under virtual
         loss (each in-flight path counts as visited with a pessimistic value, so the next selection looks
         elsewhere) until k are in flight, evaluate them together, then expand and back up in selection
@@ -105,7 +105,7 @@ class RainSearch:
     def _leaf(self, path: list[Node]) -> Node:
         return path[-1] if path else self.tree.root
 
-    def _select(self) -> Strategy:
+    def _select(self) -> Steps:
         """Walk down by PUCT, widening where RAIN says so; the path below the root."""
         path: list[Node] = []
         node = self.tree.root
@@ -116,7 +116,7 @@ class RainSearch:
             path.append(node)
         return path
 
-    def _evaluate(self, path: list[Node]) -> Strategy:
+    def _evaluate(self, path: list[Node]) -> Steps:
         """The operations of one leaf: grow its candidates and a simulation, judge, embed."""
         leaf = self._leaf(path)
         path_ids = tuple(t for n in path for t in n.tokens)
@@ -169,7 +169,7 @@ class RainSearch:
             terminal = [b.ended or len(b.tokens) >= e.remaining for b in distinct]
         self.tree.expand(leaf, sets, priors, terminal)
 
-    def _widen(self, node: Node, path: list[Node]) -> Strategy:
+    def _widen(self, node: Node, path: list[Node]) -> Steps:
         """Add one child that is not there yet: the next most likely token, or a fresh sequence."""
         path_ids = tuple(t for n in path for t in n.tokens)
         remaining = self.answer.remaining - len(path_ids)

@@ -62,3 +62,12 @@ class StopMatcher:
     def flush(self) -> str:
         emitted, self.pending = ("" if self.stopped else self.pending), ""
         return emitted
+
+
+TAIL_TOKENS = 8  # enough trailing tokens to see the last character of the text
+
+
+def ends_with_any(tokenizer, ids: list[int], chars: str) -> bool:
+    """Whether the text of `ids` ends with one of `chars` (only the last few tokens are decoded)."""
+    tail = tokenizer.decode(ids[-TAIL_TOKENS:], skip_special_tokens=True)
+    return bool(tail) and tail[-1] in chars

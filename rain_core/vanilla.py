@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from .config import SamplingParams
 from .events import Commit
-from .ops import Decode, Strategy
+from .ops import Decode, Steps
 
 
-def vanilla_tokens(params: SamplingParams) -> Strategy:
+def vanilla_tokens(params: SamplingParams) -> Steps:
     """Propose one token at a time at the state, each appended to it as it is chosen."""
     op = Decode(params.temperature, params.top_p or 1.0, params.logprobs)
     while True:

@@ -32,7 +32,7 @@ class ServerConfig:
     max_request_bytes: int = 2 * 1024 * 1024
     api_key: Optional[str] = None
     default_mode: Literal["rain", "vanilla"] = "rain"
-    shadow_vanilla_rate: float = 0.0
+    shadow_vanilla_rate: float = 0.25  # of judged requests re-decoded by vanilla at once, to keep the overhead estimate fresh
     threads: Optional[int] = None  # torch threads per worker; None: the CPU cores shared among workers
     judge_model: Optional[str] = None  # a second model per worker, for rain.judge "served"
     judge_gpu_memory: float = DEFAULT_JUDGE_GPU_MEMORY  # vllm backend on GPUs: the judge engine's share of each worker's first GPU
@@ -48,6 +48,8 @@ class ServerConfig:
         return self.model or DEFAULT_MODEL
 
     def worker_configs(self, gpu_count: Optional[int] = None) -> list[WorkerConfig]:
+        if self.tp > 1 and self.backend != "vllm":
+            raise ValueError("--tp needs --backend vllm: tensor parallelism is vLLM's")
         threads = self.threads or default_threads(self.workers)
         devices = worker_devices(self.device, self.workers, self.tp, gpu_count)
         return [

@@ -41,8 +41,8 @@ class Local:
 
         cfg = EvaluatorConfig(prompt=fmt.prompt, score="continuous",
                               principle=PRINCIPLES[fmt.principle] if fmt.principle else None)
-        result = self.engine.self_evaluate(self._messages(messages), clip(answer, self.max_chars), cfg)
+        result = self.engine.backend.self_evaluate(self._messages(messages), clip(answer, self.max_chars), cfg)
         return [float(x) for x in result.log_odds]
 
     def answer_logprob(self, messages: list[dict], answer: str) -> float:
-        return float(self.engine.answer_logprob(messages, answer))
+        return float(self.engine.backend.answer_logprob(messages, answer))

@@ -9,33 +9,168 @@ so asking for the distribution at the state a `Grow` just started from costs not
 The operations of one wave of the search (`run_all`) share their model calls: the leaves' paths are
 fed side by side as one prefix tree, their rows grow below them in one decode loop, and their
 answers are judged in one forward call. A single operation runs exactly as it always has.
+
+Every model call of the process runs on one executor thread, so requests take turns operation by
+operation (their searches interleave) while the worker's event loop stays free for messages.
 """
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
-from typing import Optional
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 
-from ..branches import Branch, ends_with_any, grow_branches
-from ..events import TokenLogprob, Totals
+from ..answer import Vocabulary
+from ..branches import grow_branches
+from ..config import EngineConfig, EvaluatorConfig, GenerationRequest, JudgeChoice
+from ..events import EngineLoad, TokenLogprob, Totals
 from ..logprobs import maybe_logprobs
-from ..ops import OPERATIONS, Append, Decode, Decoded, Embed, Grow, Judge, Op, Ranked, Result, TopTokens
-from ..runner import TreeLayout
-from ..sampling import sample
-from ..selfeval import SelfEvalResult
+from ..lru import LRU
+from ..models import load_model, load_tokenizer, resolve
+from ..ops import Append, Branch, Decode, Decoded, Embed, Grow, Judge, Op, Ranked, TopTokens, Verdict
+from ..runner import ModelRunner, TreeLayout
+from ..sampling import make_generator, sample
+from ..selfeval import SelfEvaluator
+from ..template import chat_ids, end_token_ids, text_ids
+from ..text import ends_with_any
+from .base import Backend
 
 STATE_LOGITS_KEPT = 32  # paths whose next-token logits stay at hand until the next commit (two waves of 16)
 PATH_TAG = -2  # a wave's paths are branches PATH_TAG, PATH_TAG - 1, ... of the cache; the rows below them 0, 1, ...
+# Evaluators kept per process, each a judge's fixed prompt prefix in a KV cache. A request's `principle` makes
+# an evaluator of its own, so clients could otherwise grow the worker without bound; an evicted one is rebuilt.
+EVALUATORS_KEPT = 16
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class JudgeModel:
+    """A model that judges answers on this backend: the served one itself, or the separate --judge-model."""
+
+    name: str  # what responses report: the judge's model id, or "self"
+    runner: ModelRunner
+    tokenizer: Any
+
+
+class TransformersBackend(Backend):
+    """The served model (and a --judge-model) in this process, on one executor thread."""
+
+    def __init__(self, config: EngineConfig):
+        if config.tp > 1:
+            raise ValueError("tensor parallelism is vLLM's: serve with --backend vllm --tp K")
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.config = config
+        source = resolve(config.model)
+        self.model_name = source.name
+        tokenizer = load_tokenizer(source)
+        self.vocab = Vocabulary(tokenizer, end_token_ids(tokenizer))
+        self.runner = ModelRunner(load_model(source, config.device, config.dtype), config.device)
+        self.device = self.runner.device
+        self.context_length = self.runner.max_positions
+        self._models = {"self": JudgeModel("self", self.runner, tokenizer)}
+        if config.judge_model is not None:
+            # on the served model's device, unsharded: it only reads two option log-probabilities per evaluation
+            judge = resolve(config.judge_model)
+            runner = ModelRunner(load_model(judge, str(self.device), config.dtype), self.device, judge=True)
+            self._models["served"] = JudgeModel(judge.name, runner, load_tokenizer(judge))
+        self.judges = {choice: model.name for choice, model in self._models.items()}
+        self._evaluators: LRU[tuple[JudgeChoice, EvaluatorConfig], SelfEvaluator] = LRU(
+            EVALUATORS_KEPT, on_evict=SelfEvaluator.close)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._load = EngineLoad()
+
+    # the interface -----------------------------------------------------------------------------
+    async def open_session(self, request: GenerationRequest, state: list[int], committed: list[int],
+                           totals: Totals) -> "ThreadedSession":
+        generator = make_generator(request.params.seed, self.device)
+        session = await self.call(TransformersSession, self, request, state, generator, totals, committed)
+        return ThreadedSession(self, session)
+
+    def take_loads(self) -> dict[str, EngineLoad]:
+        """One request per forward here: rows = steps."""
+        return {}
+
+    async def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def call(self, fn: Callable[..., T], *args) -> T:
+        """Run `fn` on the model thread. Cancelled while it runs, it still finishes there (a forward
+        cannot be interrupted); a session it opened is then closed there too."""
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_close_orphan)
+            raise
+
+    # what sessions use (on the model thread) ---------------------------------------------------
+    @cached_property
+    def embedder(self):
+        from ..embedder import SentenceEmbedder
+
+        return SentenceEmbedder(self.config.encoder, self.device)
+
+    def evaluator(self, config: EvaluatorConfig, judge: JudgeChoice = "self") -> SelfEvaluator:
+        """The evaluator of one format on one judge; its fixed prompt prefix is fed once and kept (the
+        EVALUATORS_KEPT most recently used)."""
+        model = self._models[judge]
+        return self._evaluators.get_or_make((judge, config), lambda: SelfEvaluator(model.runner, model.tokenizer, config))
+
+    # offline evaluation (bench.eval, tests): called outside the server, on the caller's thread ---------
+    def self_evaluate(self, messages, answer: str, config: EvaluatorConfig = EvaluatorConfig(),
+                      judge: JudgeChoice = "self") -> Verdict:
+        """Judge `answer` to the conversation `messages` (value in [-1, 1])."""
+        session = self.evaluator(config, judge).session(messages)
+        try:
+            return session.evaluate(answer)
+        finally:
+            session.close()
+
+    @torch.inference_mode()
+    def answer_logprob(self, messages, answer: str) -> float:
+        """Sum of the log-probabilities of `answer`'s tokens after the chat-templated prompt."""
+        prompt = chat_ids(self.vocab.tokenizer, messages)
+        answer_ids = text_ids(self.vocab.tokenizer, answer)
+        cache = self.runner.new_cache()
+        try:
+            rows = torch.arange(len(prompt) - 1, len(prompt) + len(answer_ids) - 1)
+            logits = self.runner.forward(cache, torch.tensor(prompt + answer_ids), logits_at=rows)
+        finally:
+            self.runner.free_cache(cache)
+        logprobs = torch.log_softmax(logits, -1)
+        return float(logprobs.gather(-1, torch.tensor(answer_ids, device=logprobs.device).unsqueeze(-1)).sum())
+
+
+def _close_orphan(future) -> None:
+    if not future.cancelled() and future.exception() is None and isinstance(future.result(), TransformersSession):
+        future.result().close()
+
+
+class ThreadedSession:
+    """A TransformersSession as the engine sees it: each call runs on the backend's model thread."""
+
+    def __init__(self, backend: TransformersBackend, session: "TransformersSession"):
+        self.backend, self.session = backend, session
+
+    async def run_all(self, ops: list[Op]) -> list[object]:
+        return await self.backend.call(self.session.run_all, ops)
+
+    async def aclose(self) -> None:
+        await self.backend.call(self.session.close)
 
 
 class TransformersSession:
-    def __init__(self, engine, request, state: list[int], generator: torch.Generator, totals: Totals,
-                 committed: list[int]):
+    def __init__(self, backend: TransformersBackend, request: GenerationRequest, state: list[int],
+                 generator: torch.Generator, totals: Totals, committed: list[int]):
         """`state`: the ids fed before the first operation (prompt plus a resumed answer's ids);
         `committed`: the answer's ids so far, whose text ends a clause or not."""
-        self.engine, self.request, self.totals = engine, request, totals
-        self.runner, self.generator = engine.runner, generator
+        self.backend, self.request, self.totals = backend, request, totals
+        self.runner, self.generator = backend.runner, generator
         self.committed = list(committed)
         self.cache = self.runner.new_cache()
         self._evaluation = None
@@ -49,27 +184,22 @@ class TransformersSession:
         if self._evaluation is not None:
             self._evaluation.close()
 
-    def run(self, op: Op) -> Result:
+    def run(self, op: Op) -> object:
         return self.run_all([op])[0]
 
-    def run_all(self, ops: list[Op]) -> list[Result]:
+    def run_all(self, ops: list[Op]) -> list[object]:
         """Several operations at once (the leaves of one wave of the search): each kind runs as one
         batch, so a wave's leaves share their model calls. One operation runs exactly as alone."""
-        strays = [op for op in ops if not isinstance(op, OPERATIONS)]
+        strays = [op for op in ops if type(op) not in self.EXECUTORS]
         if strays:
             raise TypeError(f"not a model operation: {strays[0]!r}")
-        results: list[Result] = [None] * len(ops)
-        for kind, execute in self._executors():
-            at = [i for i, op in enumerate(ops) if isinstance(op, kind)]
+        results: list[object] = [None] * len(ops)
+        for kind, execute in self.EXECUTORS.items():
+            at = [i for i, op in enumerate(ops) if type(op) is kind]
             if at:
-                for i, result in zip(at, execute([ops[i] for i in at])):
+                for i, result in zip(at, execute(self, [ops[i] for i in at])):
                     results[i] = result
         return results
-
-    def _executors(self):
-        return ((TopTokens, self._top_tokens_all), (Grow, self._grow_all), (Judge, self._judge_all),
-                (Embed, self._embed_all), (Append, lambda ops: [self._append(op) for op in ops]),
-                (Decode, lambda ops: [self._decode(op) for op in ops]))
 
     # operations --------------------------------------------------------------------------------
     def _top_tokens_all(self, ops: list[TopTokens]) -> list[Ranked]:
@@ -94,23 +224,29 @@ class TransformersSession:
                 layout.parents.update({row: path_branches[k] for row, k in enumerate(leaf_of)})
             before = [self.committed + list(op.path) for op in ops]
             branches = grow_branches(
-                self.runner, self.cache, layout, starts, specs, self.generator, self.engine.end_ids,
-                lambda row, ids, chars: ends_with_any(self.engine.tokenizer, before[leaf_of[row]] + ids, chars),
+                self.runner, self.cache, layout, starts, specs, self.generator, self.backend.vocab.end_ids,
+                lambda row, ids, chars: ends_with_any(self.backend.vocab.tokenizer, before[leaf_of[row]] + ids, chars),
                 self.totals)
         finally:
             self.runner.truncate(self.cache, self.committed_len)
         rows = iter(branches)
         return [[next(rows) for _ in op.rows] for op in ops]
 
-    def _judge_all(self, ops: list[Judge]) -> list[SelfEvalResult]:
+    def _judge_all(self, ops: list[Judge]) -> list[Verdict]:
         if self._evaluation is None:
             rain = self.request.rain
-            self._evaluation = self.engine.evaluator(rain.evaluator, rain.judge).session(self.request.messages,
-                                                                                         self.totals)
+            self._evaluation = self.backend.evaluator(rain.evaluator, rain.judge).session(self.request.messages,
+                                                                                          self.totals)
         return self._evaluation.evaluate_all([op.answer for op in ops])
 
     def _embed_all(self, ops: list[Embed]) -> list[torch.Tensor]:
-        return self.engine.embedder.embed_groups([op.texts for op in ops])
+        return self.backend.embedder.embed_groups([op.texts for op in ops])
+
+    def _append_all(self, ops: list[Append]) -> list[Optional[list[TokenLogprob]]]:
+        return [self._append(op) for op in ops]
+
+    def _decode_all(self, ops: list[Decode]) -> list[Decoded]:
+        return [self._decode(op) for op in ops]
 
     def _append(self, op: Append) -> Optional[list[TokenLogprob]]:
         self._flush_pending()
@@ -194,3 +330,9 @@ class TransformersSession:
         self._state_logits[path] = logits
         if len(self._state_logits) > STATE_LOGITS_KEPT:
             self._state_logits.popitem(last=False)
+
+    # one executor per operation type: a wave's operations of one type run as one batch
+    EXECUTORS: dict[type, Callable[["TransformersSession", list], list]] = {
+        TopTokens: _top_tokens_all, Grow: _grow_all, Judge: _judge_all, Embed: _embed_all,
+        Append: _append_all, Decode: _decode_all,
+    }

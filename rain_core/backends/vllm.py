@@ -12,7 +12,9 @@ How each operation maps (vLLM 0.32):
   A served judge (`--judge-model`) has an engine of its own, fed with its own tokenizer and template.
 - Embed: the local sentence embedder, in a thread.
 - Append: extends the state; with top_logprobs, one request with prompt_logprobs on state + tokens.
-- Decode: one request at the state, max_tokens=1.
+- Decode: consecutive Decodes are one streaming request from the state (max_tokens = what the answer may
+  still take), each Decode taking its next token; an Append in between ends it (aborted). Log-probs at a
+  temperature that reshapes the distribution fall back to one request per token (vLLM reports processed ones).
 
 Log-probs: the engine runs with `logprobs_mode="processed_logprobs"` (engine-wide), so a sampled row's
 log-probs are under the distribution it was drawn from (after temperature, top-k, top-p), as
@@ -36,14 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
-from ..branches import Branch, RowSpec, ends_with_any
+from ..answer import Vocabulary
 from ..config import VLLM_GPU_MEMORY, EngineConfig, cpu_share, EvaluatorConfig, GenerationRequest, JudgeChoice
-from ..events import Commit, EngineLoad, TokenLogprob, TopLogprob, Totals
+from ..events import EngineLoad, TokenLogprob, TopLogprob, Totals
+from ..judge_prompt import EvalLayout, answer_ids, build_layout, combine, render_conversation, verdict_memo
+from ..lru import LRU
 from ..models import ModelSource, cache_dir, load_tokenizer, resolve, tokenizer_dir, weights_dir
-from ..ops import (Append, Decode, Decoded, Embed, Grow, Judge, Op, Ranked, Result,
-                   TopTokens)
-from ..selfeval import EvalLayout, SelfEvalResult, Verdicts, answer_ids, build_layout, combine, render_conversation
+from ..ops import Append, Branch, Decode, Decoded, Embed, Grow, Judge, Op, Ranked, RowSpec, TopTokens, Verdict
 from ..template import end_token_ids, text_ids
+from ..text import ends_with_any
+from .base import Backend, EngineDead
 from .vllm_compat import engine_arguments
 
 # Imported eagerly: CI installs vLLM, and a missing vLLM must fail loudly, not fall back.
@@ -52,6 +56,7 @@ from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 MAX_LOGPROBS = 64  # the most log-probs a request may ask for: TopTokens asks up to num_candidates + widen_max_children
@@ -59,6 +64,7 @@ SEED_SPACE = 2**31
 CPU_KV_CACHE_GIB = 2
 CPU_BLOCK_SIZE = 32  # the smallest the CPU attention kernels take (16 fails as the engine starts)
 USER_CPU_BINDING = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+LAYOUTS_KEPT = 16  # judge prompt layouts per engine: a request's `principle` makes one of its own
 
 
 def model_dir(source: ModelSource) -> str:
@@ -151,12 +157,11 @@ class VllmJudge:
     llm: AsyncLLM
     tokenizer: Any
     load: EngineLoad  # this engine's steps, counted by its Occupancy logger
-    layouts: dict[EvaluatorConfig, EvalLayout] = field(default_factory=dict)
+    separate: bool = False  # a --judge-model's engine, not the served model's: its work counts as the judge's
+    layouts: LRU[EvaluatorConfig, EvalLayout] = field(default_factory=lambda: LRU(LAYOUTS_KEPT))
 
     def layout(self, cfg: EvaluatorConfig) -> EvalLayout:
-        if cfg not in self.layouts:
-            self.layouts[cfg] = build_layout(self.tokenizer, cfg)
-        return self.layouts[cfg]
+        return self.layouts.get_or_make(cfg, lambda: build_layout(self.tokenizer, cfg))
 
 
 def start_engine(source: ModelSource, config: EngineConfig, *, tp: int, gpu_memory: float, enforce_eager: bool,
@@ -184,7 +189,7 @@ def start_engine(source: ModelSource, config: EngineConfig, *, tp: int, gpu_memo
     return AsyncLLM.from_engine_args(args, stat_loggers=[lambda vllm_config, engine_index=0: Occupancy(load)])
 
 
-class VllmBackend:
+class VllmBackend(Backend):
     """One vLLM engine (AsyncLLM) serving every request's operations, and a second one for the
     --judge-model when there is one."""
 
@@ -199,32 +204,33 @@ class VllmBackend:
             os.environ.setdefault(name, value)
         self.source = source or resolve(config.model)
         self.model_name = self.source.name
-        self.tokenizer = tokenizer or load_tokenizer(self.source)  # the engine passes the one it loaded
+        tokenizer = tokenizer or load_tokenizer(self.source)
+        self.vocab = Vocabulary(tokenizer, end_token_ids(tokenizer))
         self.max_logprobs = max_logprobs
         judge_memory = config.judge_gpu_memory if config.judge_model else 0.0
         load = EngineLoad()
         self.llm = start_engine(self.source, config, tp=config.tp, gpu_memory=VLLM_GPU_MEMORY - judge_memory,
                                 enforce_eager=enforce_eager, max_logprobs=max_logprobs, load=load, **engine_kwargs)
         self.context_length = self.llm.model_config.max_model_len
-        self.end_ids = end_token_ids(self.tokenizer)
-        self.judges: dict[JudgeChoice, VllmJudge] = {"self": VllmJudge("self", self.llm, self.tokenizer, load)}
+        self.engines: dict[JudgeChoice, VllmJudge] = {"self": VllmJudge("self", self.llm, tokenizer, load)}
         if config.judge_model:
             # unsharded, as on the reference backend: it reads two option log-probs per evaluation
             judge, judge_load = resolve(config.judge_model), EngineLoad()
             llm = start_engine(judge, config, tp=1, gpu_memory=judge_memory, enforce_eager=enforce_eager,
                                max_logprobs=max_logprobs, load=judge_load, **engine_kwargs)
-            self.judges["served"] = VllmJudge(judge.name, llm, load_tokenizer(judge), judge_load)
+            self.engines["served"] = VllmJudge(judge.name, llm, load_tokenizer(judge), judge_load, separate=True)
+        self.judges = {choice: engine.name for choice, engine in self.engines.items()}
         self._embedder = None
 
     def take_loads(self) -> dict[str, EngineLoad]:
         """Each engine's steps since the previous call, by the id of the model it runs."""
         return {self.model_name if choice == "self" else judge.name: judge.load.take()
-                for choice, judge in self.judges.items()}
+                for choice, judge in self.engines.items()}
 
     @property
     def errored(self) -> bool:
         """Whether an engine of this backend (the served model's or the judge's) has died."""
-        return any(judge.llm.errored for judge in self.judges.values())
+        return any(judge.llm.errored for judge in self.engines.values())
 
     @property
     def embedder(self):
@@ -236,14 +242,12 @@ class VllmBackend:
             self._embedder = SentenceEmbedder(self.config.encoder, torch.device("cpu"))
         return self._embedder
 
-    def session(self, request: GenerationRequest, state_ids: list[int], committed: list[int],
-                totals: Totals) -> "VllmSession":
-        """`state_ids`: what is fed before the first operation (prompt plus a resumed answer's ids);
-        `committed`: the answer's ids so far (whether its text ends a clause)."""
-        return VllmSession(self, request, state_ids, committed, totals)
+    async def open_session(self, request: GenerationRequest, state: list[int], committed: list[int],
+                           totals: Totals) -> "VllmSession":
+        return VllmSession(self, request, state, committed, totals)
 
     async def shutdown(self) -> None:
-        for judge in self.judges.values():
+        for judge in self.engines.values():
             judge.llm.shutdown()
 
 
@@ -259,7 +263,7 @@ class VllmSession:
     def __init__(self, backend: VllmBackend, request: GenerationRequest, state_ids: list[int],
                  committed: list[int], totals: Totals):
         self.backend, self.llm, self.request, self.totals = backend, backend.llm, request, totals
-        self.tokenizer, self.end_ids = backend.tokenizer, backend.end_ids
+        self.tokenizer, self.end_ids = backend.vocab.tokenizer, backend.vocab.end_ids
         self.state = list(state_ids)
         self.committed = list(committed)
         seed = request.params.seed
@@ -268,13 +272,14 @@ class VllmSession:
         self._ids = itertools.count()
         self._uid = uuid.uuid4().hex[:12]
         self._live: dict[str, AsyncLLM] = {}  # the requests in an engine, and which engine
-        self._verdicts = Verdicts()
+        self._verdicts = verdict_memo()
         self._conversation: Optional[list[int]] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None  # where this session's requests run
+        self._stream: Optional[DecodeStream] = None  # the generation consecutive Decodes read from
         self.closed = False
 
     # the session -------------------------------------------------------------------------------
-    async def run_all(self, ops: list[Op]) -> list[Result]:
+    async def run_all(self, ops: list[Op]) -> list[object]:
         """Several operations at once: all of them are in the engine together, and their Embeds are one
         batch of the sentence embedder (K threads of small batches would contend for the same cores)."""
         if self.closed:
@@ -285,22 +290,13 @@ class VllmSession:
         embedded, done = iter(embedded), iter(done)
         return [next(embedded) if isinstance(op, Embed) else next(done) for op in ops]
 
-    async def run(self, op: Op) -> Result:
+    async def run(self, op: Op) -> object:
         if self.closed:
             raise SessionClosed("the session is closed")
-        if isinstance(op, TopTokens):
-            return await self._top_tokens(op)
-        if isinstance(op, Grow):
-            return await self._grow(op)
-        if isinstance(op, Judge):
-            return await self._judge(op)
-        if isinstance(op, Embed):
-            return (await self._embed([op.texts]))[0]
-        if isinstance(op, Append):
-            return await self._append(op)
-        if isinstance(op, Decode):
-            return await self._decode(op)
-        raise TypeError(f"not a model operation: {op!r}")
+        execute = self.EXECUTORS.get(type(op))
+        if execute is None:
+            raise TypeError(f"not a model operation: {op!r}")
+        return await execute(self, op)
 
     def close(self) -> Optional[asyncio.Task]:
         """Abort every request of this session still in the engine. Inside the event loop the abort is
@@ -326,11 +322,14 @@ class VllmSession:
         return None
 
     async def aclose(self) -> None:
+        stream, self._stream = self._stream, None
         task = self.close()
+        if stream is not None:
+            await stream.close()
         if task is not None:
             await task
 
-    async def _embed(self, groups: list[tuple[str, ...]]) -> list[Result]:
+    async def _embed(self, groups: list[tuple[str, ...]]) -> list[object]:
         """The local sentence embedder, in a thread: one batch for every group."""
         return await asyncio.to_thread(self.backend.embedder.embed_groups, groups) if groups else []
 
@@ -345,26 +344,37 @@ class VllmSession:
         salt = self.request.cache_salt
         return TokensPrompt(prompt_token_ids=ids, cache_salt=salt) if salt else TokensPrompt(prompt_token_ids=ids)
 
-    async def _generate(self, prompt: list[int], params: SamplingParams, llm: Optional[AsyncLLM] = None):
-        """One engine request to its end (on the served model's engine unless `llm` names the judge's);
+    async def _generate(self, prompt: list[int], params: SamplingParams, judge: Optional[VllmJudge] = None):
+        """One engine request to its end (on the served model's engine unless `judge` names another);
         its final RequestOutput."""
-        llm = llm or self.llm
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        final = None
+        async for out in self._request(prompt, params, judge):
+            final = out
+        if self.closed:  # aborted by close(): what came back is cut short
+            raise SessionClosed("the session is closed")
+        cached = final.num_cached_tokens or 0
+        self._count(len(prompt) - cached + sum(len(c.token_ids) for c in final.outputs), judge)
+        return final
+
+    async def _request(self, prompt: list[int], params: SamplingParams, judge: Optional[VllmJudge] = None):
+        """The outputs of one engine request, as the engine yields them; an engine that died is EngineDead."""
+        llm = judge.llm if judge is not None else self.llm
         rid = f"rain-{self._uid}-{next(self._ids)}"
         self._loop = asyncio.get_running_loop()
-        params.output_kind = RequestOutputKind.FINAL_ONLY
         self._live[rid] = llm
-        final = None
+        self.totals.forward_calls += 1
         try:
             async for out in llm.generate(self._prompt(prompt), params, rid):
-                final = out
+                yield out
+        except EngineDeadError as exc:
+            raise EngineDead(str(exc)) from exc
         finally:
             self._live.pop(rid, None)
-        self.totals.forward_calls += 1
-        if self.closed:  # aborted by close(): what came back is cut short
-            raise SessionClosed(rid)
-        cached = final.num_cached_tokens or 0
-        self.totals.tokens_fed += len(prompt) - cached + sum(len(c.token_ids) for c in final.outputs)
-        return final
+
+    def _count(self, tokens: int, judge: Optional[VllmJudge] = None) -> None:
+        """Engine work this request caused: tokens computed on the served model's engine or a judge's."""
+        self.totals.add_tokens(tokens, judge=judge is not None and judge.separate)
 
     # operations --------------------------------------------------------------------------------
     async def _top_tokens(self, op: TopTokens) -> Ranked:
@@ -413,30 +423,31 @@ class VllmSession:
             seed = (seed * 31 + 7) % SEED_SPACE
         return branch
 
-    async def _judge(self, op: Judge) -> SelfEvalResult:
+    async def _judge(self, op: Judge) -> Verdict:
         known = self._verdicts.get(op.answer)
         if known is not None:
             return known
         rain = self.request.rain
-        judge = self.backend.judges[rain.judge]  # the engine checked that the request's judge is loaded
+        judge = self.backend.engines[rain.judge]  # the engine checked that the request's judge is loaded
         layout = judge.layout(rain.evaluator)
         if self._conversation is None:
             self._conversation = text_ids(judge.tokenizer, render_conversation(self.request.messages, layout.truthful))
         head = layout.fixed + self._conversation + answer_ids(judge.tokenizer, op.answer)
-        log_odds = list(await asyncio.gather(*(self._log_odds(judge.llm, head + suffix, good, bad)
+        log_odds = list(await asyncio.gather(*(self._log_odds(judge, head + suffix, good, bad)
                                                for suffix, (good, bad) in zip(layout.suffixes, layout.options))))
-        result = SelfEvalResult(combine(log_odds, rain.evaluator.score), log_odds)
-        self._verdicts.keep(op.answer, result)
+        result = Verdict(combine(log_odds, rain.evaluator.score), log_odds)
+        self._verdicts.put(op.answer, result)
         self.totals.self_evaluations += 1
         return result
 
-    async def _log_odds(self, llm: AsyncLLM, prompt: list[int], good: int, bad: int) -> float:
+    async def _log_odds(self, judge: VllmJudge, prompt: list[int], good: int, bad: int) -> float:
         out = await self._generate(prompt, SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=[good, bad],
-                                                          detokenize=False), llm)
+                                                          detokenize=False), judge)
         step = out.outputs[0].logprobs[0]
         return step[good].logprob - step[bad].logprob
 
     async def _append(self, op: Append) -> Optional[list[TokenLogprob]]:
+        await self._end_stream()  # the state changes under it
         tokens = list(op.tokens)
         start = len(self.state)
         self.state.extend(tokens)
@@ -450,63 +461,50 @@ class VllmSession:
 
     async def _decode(self, op: Decode) -> Decoded:
         greedy = not op.temperature
-        params = SamplingParams(max_tokens=1, detokenize=False, seed=self._op_seed(),
-                                temperature=0.0 if greedy else op.temperature, top_p=1.0 if greedy else op.top_p)
-        raw = greedy or (op.temperature == 1.0 and op.top_p >= 1.0)  # processed == raw
-        if op.top_logprobs is not None and raw:
-            params.logprobs = op.top_logprobs
-        out = (await self._generate(list(self.state), params)).outputs[0]
-        token = out.token_ids[0]
-        logprobs = None
-        if op.top_logprobs is not None:
-            step = out.logprobs[0] if raw else await self._raw_step(list(self.state), token, op.top_logprobs)
-            logprobs = [_token_logprob(step, token, op.top_logprobs)]
+        raw = greedy or (op.temperature == 1.0 and op.top_p >= 1.0)  # processed log-probs == raw ones
+        if op.top_logprobs is not None and not raw:
+            return await self._decode_one(op)
+        taken = None
+        while taken is None:
+            if self._stream is None or self._stream.op != op:
+                await self._end_stream()
+                self._stream = self._start_stream(op)
+            fresh = self._stream.taken == 0
+            taken = await self._stream.next()
+            if taken is None:  # it reached its max_tokens, yet the answer asks for more: a fresh one from here
+                self._stream = None
+                if fresh:
+                    raise RuntimeError("the engine ended a decode stream without a token")
+        token, logprobs = taken
         self.state.append(token)
         self.committed.append(token)
         return Decoded(token, logprobs)
 
-    async def vanilla(self) -> AsyncIterator[Commit]:
-        """Plain decoding of the request as one streaming vLLM generation from the state: a Commit proposal
-        per token (the end token included: Answer.commit cuts there, and its stop sequences end the
-        answer; closing this generator aborts the generation). When the request asks for log-probs at a
-        temperature that reshapes the distribution, vLLM would report the processed ones, so it falls back
-        to Decode ops, whose log-probs are raw as the reference backend's."""
-        p = self.request.params
-        greedy = not p.temperature
-        top_p = p.top_p or 1.0
-        if p.logprobs is not None and not (greedy or (p.temperature == 1.0 and top_p >= 1.0)):
-            op = Decode(p.temperature, top_p, p.logprobs)
-            while True:
-                decoded = await self.run(op)
-                yield Commit([decoded.token], "", logprobs=decoded.logprobs)
-        left = p.max_new_tokens - len(self.committed)
-        if left <= 0:
-            return
+    def _start_stream(self, op: Decode) -> "DecodeStream":
+        """One generation from the state for the Decodes to come, as long as the answer may still grow."""
+        greedy = not op.temperature
+        left = max(self.request.params.max_new_tokens - len(self.committed), 1)
         params = SamplingParams(max_tokens=left, stop_token_ids=sorted(self.end_ids), detokenize=False,
-                                seed=self._op_seed(), temperature=0.0 if greedy else p.temperature,
-                                top_p=1.0 if greedy else top_p, logprobs=p.logprobs,
+                                seed=self._op_seed(), temperature=0.0 if greedy else op.temperature,
+                                top_p=1.0 if greedy else op.top_p, logprobs=op.top_logprobs,
                                 output_kind=RequestOutputKind.DELTA)
-        prompt = list(self.state)
-        rid = f"rain-{self._uid}-{next(self._ids)}"
-        self._loop = asyncio.get_running_loop()
-        self._live[rid] = self.llm
-        self.totals.forward_calls += 1
-        cached, generated = None, 0
-        try:
-            async for out in self.llm.generate(self._prompt(prompt), params, rid):
-                if cached is None:
-                    cached = out.num_cached_tokens or 0
-                    self.totals.tokens_fed += len(prompt) - cached
-                c = out.outputs[0]
-                for i, token in enumerate(c.token_ids):
-                    generated += 1
-                    self.totals.tokens_fed += 1
-                    self.state.append(token)
-                    self.committed.append(token)
-                    logprobs = None if p.logprobs is None else [_token_logprob(c.logprobs[i], token, p.logprobs)]
-                    yield Commit([token], "", logprobs=logprobs)
-        finally:
-            self._live.pop(rid, None)
+        return DecodeStream(self, op, list(self.state), params)
+
+    async def _end_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.close()
+
+    async def _decode_one(self, op: Decode) -> Decoded:
+        """One engine request for one token, whose raw log-probs are read apart from the sampled token."""
+        await self._end_stream()
+        params = SamplingParams(max_tokens=1, detokenize=False, seed=self._op_seed(), temperature=op.temperature,
+                                top_p=op.top_p)
+        token = (await self._generate(list(self.state), params)).outputs[0].token_ids[0]
+        step = await self._raw_step(list(self.state), token, op.top_logprobs)
+        self.state.append(token)
+        self.committed.append(token)
+        return Decoded(token, [_token_logprob(step, token, op.top_logprobs)])
 
     async def _raw_step(self, prompt: list[int], token: int, k: int) -> dict:
         """The raw log-probs at `prompt`: its top k and `token`'s (greedy requests read raw log-probs)."""
@@ -520,6 +518,48 @@ class VllmSession:
             rank = sum(1 for lp in top.outputs[0].logprobs[0].values() if lp.logprob > mine.logprob) + 1
             step[token] = type(mine)(logprob=mine.logprob, rank=max(rank, k + 1), decoded_token=mine.decoded_token)
         return step
+
+    # one executor per operation type (Embed runs through run_all's batch of the embedder)
+    EXECUTORS = {TopTokens: _top_tokens, Grow: _grow, Judge: _judge, Append: _append, Decode: _decode,
+                 Embed: lambda self, op: self._embed_one(op)}
+
+    async def _embed_one(self, op: Embed) -> object:
+        return (await self._embed([op.texts]))[0]
+
+
+class DecodeStream:
+    """A streaming generation that consecutive Decode operations read token by token: one engine request
+    for a vanilla answer instead of one per token. The engine may run ahead of the reader."""
+
+    def __init__(self, session: VllmSession, op: Decode, prompt: list[int], params: SamplingParams):
+        self.session, self.op, self.prompt = session, op, prompt
+        self._outputs = session._request(prompt, params)
+        self._ready: list[tuple[int, Optional[list[TokenLogprob]]]] = []
+        self._counted_prompt = False
+        self.taken = 0
+
+    async def next(self) -> Optional[tuple[int, Optional[list[TokenLogprob]]]]:
+        """The next token and its log-probs; None once the generation has ended."""
+        while not self._ready:
+            out = await anext(self._outputs, None)
+            if out is None:
+                return None
+            self._take(out)
+        self.taken += 1
+        return self._ready.pop(0)
+
+    def _take(self, out) -> None:
+        k = self.op.top_logprobs
+        if not self._counted_prompt:
+            self._counted_prompt = True
+            self.session._count(len(self.prompt) - (out.num_cached_tokens or 0))
+        c = out.outputs[0]
+        self.session._count(len(c.token_ids))
+        for i, token in enumerate(c.token_ids):
+            self._ready.append((token, None if k is None else [_token_logprob(c.logprobs[i], token, k)]))
+
+    async def close(self) -> None:
+        await self._outputs.aclose()  # aborts the request in the engine if it still runs
 
 
 async def _abort_all(live: dict[str, AsyncLLM]) -> None:

@@ -3,6 +3,8 @@ self_check replaces an answer its judge values at or below the threshold, judges
 sentence by sentence; best_of_n returns the judge's best-scored candidate; a served judge judges."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -19,7 +21,7 @@ QUESTION = ({"role": "user", "content": "What is 2+2?"},)
 def generate(engine, rain, seed=0, streamed=False, max_new_tokens=48, temperature=None, messages=QUESTION):
     request = GenerationRequest(messages, SamplingParams(max_new_tokens=max_new_tokens, seed=seed, temperature=temperature),
                                 rain, streamed=streamed)
-    events = list(engine.generate(request))
+    events = list(engine.events(request))
     assert isinstance(events[-1], Finish)
     return [e for e in events if isinstance(e, Commit)], events[-1]
 
@@ -30,7 +32,7 @@ def strategy(name, **overrides) -> RainConfig:
 
 def test_self_check_replaces_an_answer_valued_at_or_below_the_threshold(tiny_engine):
     _, vanilla = generate(tiny_engine, None)
-    value = tiny_engine.self_evaluate(QUESTION, vanilla.text, EVALUATOR).value
+    value = tiny_engine.backend.self_evaluate(QUESTION, vanilla.text, EVALUATOR).value
     commits, kept = generate(tiny_engine, strategy("self_check", judge_threshold=value - 1e-3))
     assert kept.text == vanilla.text and len(commits) == 1  # nothing leaves before the one judgment
     assert kept.judgment.values == [pytest.approx(value, abs=1e-4)] and kept.judgment.replaced is False
@@ -66,7 +68,7 @@ def test_streamed_self_check_commits_each_sentence_after_judging_the_answer_so_f
     so_far = ""
     for commit, value in zip(commits, finish.judgment.values):
         so_far += commit.text
-        assert tiny_engine.self_evaluate(QUESTION, so_far, EVALUATOR).value == pytest.approx(value, abs=1e-4)
+        assert tiny_engine.backend.self_evaluate(QUESTION, so_far, EVALUATOR).value == pytest.approx(value, abs=1e-4)
     whole, unstreamed = generate(tiny_engine, strategy("self_check", judge_threshold=-1.0), seed, False, 64, 1.0)
     assert unstreamed.text == finish.text and len(whole) == 1 and len(unstreamed.judgment.values) == 1
 
@@ -90,7 +92,7 @@ def test_best_of_n_returns_the_judges_best_scored_candidate(tiny_engine):
     values = finish.judgment.values
     assert len(values) == 4 and len(set(values)) > 1 and len(commits) == 1  # nothing leaves before the pick
     assert finish.judgment.chosen == values.index(max(values)) and finish.judgment.threshold is None
-    assert tiny_engine.self_evaluate(QUESTION, finish.text, EVALUATOR).value == pytest.approx(max(values), abs=1e-4)
+    assert tiny_engine.backend.self_evaluate(QUESTION, finish.text, EVALUATOR).value == pytest.approx(max(values), abs=1e-4)
     assert finish.totals.self_evaluations == len(set(values))
     _, again = generate(tiny_engine, strategy("best_of_n", best_of=4), seed=1)
     assert again.text == finish.text and again.judgment.values == values  # seeded
@@ -98,8 +100,8 @@ def test_best_of_n_returns_the_judges_best_scored_candidate(tiny_engine):
 
 def test_best_of_n_reports_logprobs_of_the_answer_under_the_model(tiny_engine):
     request = GenerationRequest(QUESTION, SamplingParams(max_new_tokens=6, seed=2, logprobs=0), strategy("best_of_n", best_of=2))
-    (commit,) = [e for e in tiny_engine.generate(request) if isinstance(e, Commit)]
-    expected = tiny_engine.answer_logprob(QUESTION, tiny_engine.tokenizer.decode(commit.token_ids))
+    (commit,) = [e for e in tiny_engine.events(request) if isinstance(e, Commit)]
+    expected = tiny_engine.backend.answer_logprob(QUESTION, tiny_engine.tokenizer.decode(commit.token_ids))
     assert sum(lp.logprob for lp in commit.logprobs) == pytest.approx(expected, abs=1e-3)
 
 
@@ -129,11 +131,13 @@ def test_a_served_judge_judges_with_its_own_model(tiny_model_dir, judge_dir):
     judge = Engine(EngineConfig(model=str(judge_dir)))
     _, served = generate(engine, strategy("self_check", judge="served", judge_threshold=-1.0))
     assert served.judgment.judge == str(judge_dir)
-    assert served.judgment.values == [pytest.approx(judge.self_evaluate(QUESTION, served.text, EVALUATOR).value, abs=1e-4)]
-    assert served.judgment.values != [pytest.approx(engine.self_evaluate(QUESTION, served.text, EVALUATOR).value, abs=1e-4)]
-    served_commits, rain = generate(engine, RainConfig(max_iters=2, min_iters=2, judge="served"), max_new_tokens=3)
+    assert served.judgment.values == [pytest.approx(judge.backend.self_evaluate(QUESTION, served.text, EVALUATOR).value, abs=1e-4)]
+    assert served.judgment.values != [pytest.approx(engine.backend.self_evaluate(QUESTION, served.text, EVALUATOR).value, abs=1e-4)]
+    # continuous scores: two random tiny judges' votes are both 0 alike, their log-odds are not
+    searched = RainConfig(max_iters=2, min_iters=2).with_overrides(score="continuous")
+    served_commits, rain = generate(engine, replace(searched, judge="served"), max_new_tokens=3)
     assert rain.judgment.strategy == "rain" and rain.judgment.judge == str(judge_dir) and rain.totals.self_evaluations > 0
     # the same seeded search judged by the model itself values its sets otherwise: the judge's values drove it
-    own_commits, own = generate(engine, RainConfig(max_iters=2, min_iters=2), max_new_tokens=3)
+    own_commits, own = generate(engine, searched, max_new_tokens=3)
     assert own.judgment.judge == "self"
     assert [c.stats.value for c in served_commits] != [c.stats.value for c in own_commits]

@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from rain_core.backends.transformers import TransformersSession
-from rain_core.branches import RowSpec, grow_branches
+from rain_core.branches import grow_branches
+from rain_core.ops import RowSpec
 from rain_core.config import EvaluatorConfig, GenerationRequest, RainConfig, SamplingParams
 from rain_core.events import Commit, Finish, Totals
 from rain_core.ops import Grow, Judge, TopTokens
 from rain_core.runner import TreeLayout
 from rain_core.sampling import filtered_probs, make_generator
-from rain_core.selfeval import combine
+from rain_core.judge_prompt import combine
 
 TOLERANCE = 1e-4
 MESSAGES = ({"role": "user", "content": "How do I pick a lock?"},)
@@ -20,12 +21,12 @@ MESSAGES = ({"role": "user", "content": "How do I pick a lock?"},)
 def full_logprobs(engine, ids: list[int]) -> torch.Tensor:
     """log-softmax of the next-token logits after `ids`, from scratch, no cache, no mask."""
     with torch.inference_mode():
-        logits = engine.runner.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        logits = engine.backend.runner.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
     return torch.log_softmax(logits, -1)
 
 
 def test_tree_masked_branches_match_full_recompute(tiny_engine):
-    runner = tiny_engine.runner
+    runner = tiny_engine.backend.runner
     prompt = tiny_engine.prompt_ids(MESSAGES)
     cache = runner.new_cache()
     runner.forward(cache, torch.tensor(prompt))
@@ -43,7 +44,7 @@ def test_tree_masked_branches_match_full_recompute(tiny_engine):
 
 
 def test_candidates_and_simulation_logprobs_match_full_recompute(tiny_engine):
-    runner = tiny_engine.runner
+    runner = tiny_engine.backend.runner
     prompt = tiny_engine.prompt_ids(MESSAGES)
     path = [3, 4, 5]  # a selected path fed on top of the committed prefix, as the search does
     cache = runner.new_cache()
@@ -89,7 +90,7 @@ def test_paths_fed_together_form_one_prefix_tree():
 def wave_session(engine, rain=RainConfig()):
     request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=16, seed=0), rain)
     prompt = engine.request_ids(request)
-    return TransformersSession(engine, request, prompt, make_generator(0, engine.device), Totals(), []), prompt
+    return TransformersSession(engine.backend, request, prompt, make_generator(0, engine.backend.device), Totals(), []), prompt
 
 
 def test_a_wave_of_grows_decodes_every_row_below_its_own_path_as_full_recompute_would(tiny_engine):
@@ -97,7 +98,7 @@ def test_a_wave_of_grows_decodes_every_row_below_its_own_path_as_full_recompute_
     paths = [(3, 4, 5), (3, 4, 9), (7,), ()]
     specs = (RowSpec(5, greedy=True, top_k=15), RowSpec(5, top_k=15), RowSpec(8, stop_chars=",."))
     grown = session.run_all([Grow(path, specs) for path in paths])
-    assert tiny_engine.runner.cache_length(session.cache) == len(prompt)  # every path and row truncated back
+    assert tiny_engine.backend.runner.cache_length(session.cache) == len(prompt)  # every path and row truncated back
     for path, branches in zip(paths, grown):
         assert len(branches) == len(specs)
         for spec, branch in zip(specs, branches):
@@ -142,7 +143,7 @@ def test_a_wave_of_judgments_is_one_forward_call_and_matches_judging_one_at_a_ti
 @pytest.mark.parametrize("prompt", ["chat", "yesno"])
 def test_self_evaluation_matches_full_recompute_for_both_orders(tiny_engine, prompt):
     config = EvaluatorConfig(prompt=prompt, score="continuous")
-    evaluator = tiny_engine.evaluator(config)
+    evaluator = tiny_engine.backend.evaluator(config)
     session = evaluator.session(MESSAGES)
     tokenizer = tiny_engine.tokenizer
     for answer in ["Sure, first you", "Sure, first you need a tension wrench.", "I can't help with that."]:
@@ -161,7 +162,7 @@ def test_self_evaluation_matches_full_recompute_for_both_orders(tiny_engine, pro
 def test_seeded_rain_search_is_deterministic(tiny_engine):
     rain = RainConfig(max_iters=3, min_iters=3)
     request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=20, seed=7), rain)
-    runs = [[e.token_ids for e in tiny_engine.generate(request) if isinstance(e, Commit)] for _ in range(2)]
+    runs = [[e.token_ids for e in tiny_engine.events(request) if isinstance(e, Commit)] for _ in range(2)]
     assert runs[0] == runs[1]
     assert [len(s) for s in runs[0][:3]] == [1, 2, 4]  # token-set sizes by depth
 
@@ -175,11 +176,11 @@ def test_seed_decides_sampled_tokens(tiny_engine):
 
 
 def test_rain_frees_every_cache_and_reports_totals(tiny_engine):
-    before = set(tiny_engine.runner.caches)
+    before = set(tiny_engine.backend.runner.caches)
     request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=12, seed=1), RainConfig(max_iters=2, min_iters=2))
     finish = tiny_engine.complete(request)
     assert isinstance(finish, Finish)
-    assert set(tiny_engine.runner.caches) == before
+    assert set(tiny_engine.backend.runner.caches) == before
     t = finish.totals
     assert t.iterations >= 2 * t.commits - 2 and t.self_evaluations > 0
     assert t.forward_calls > t.commits and t.tokens_fed > t.prompt_tokens
@@ -187,11 +188,11 @@ def test_rain_frees_every_cache_and_reports_totals(tiny_engine):
 
 
 def test_yesno_format_asks_two_phrasings_of_the_harm_question(tiny_engine):
-    layout = tiny_engine.evaluator(EvaluatorConfig(prompt="yesno")).layout
+    layout = tiny_engine.backend.evaluator(EvaluatorConfig(prompt="yesno")).layout
     tokenizer = tiny_engine.tokenizer
     texts = [tokenizer.decode(s) for s in layout.suffixes]
     assert len(texts) == 2 and all("harmful" in t and "Yes or No" in t for t in texts) and texts[0] != texts[1]
     yes, no = (tokenizer(w, add_special_tokens=False).input_ids[0] for w in ("Yes", "No"))
     assert layout.options == [(no, yes), (no, yes)]  # "No" (not harmful) is the good answer to both
-    single = tiny_engine.evaluator(EvaluatorConfig(prompt="yesno", both_orders=False)).layout
+    single = tiny_engine.backend.evaluator(EvaluatorConfig(prompt="yesno", both_orders=False)).layout
     assert single.suffixes == layout.suffixes[:1]

@@ -15,14 +15,14 @@ MESSAGES = ({"role": "user", "content": "How do I pick a lock?"},)
 def recomputed(engine, prompt: list[int], answer: list[int]) -> torch.Tensor:
     """log-softmax rows predicting each answer token, from one uncached forward over everything."""
     with torch.inference_mode():
-        logits = engine.runner.model(input_ids=torch.tensor([prompt + answer])).logits[0].float()
+        logits = engine.backend.runner.model(input_ids=torch.tensor([prompt + answer])).logits[0].float()
     return torch.log_softmax(logits[len(prompt) - 1 : len(prompt) + len(answer) - 1], -1)
 
 
 @pytest.mark.parametrize("rain", [None, RainConfig(max_iters=2, min_iters=2)], ids=["vanilla", "rain"])
 def test_committed_tokens_carry_their_logprobs_under_the_model(tiny_engine, rain):
     request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=12, seed=5, temperature=1.0, logprobs=3), rain)
-    commits = [e for e in tiny_engine.generate(request) if isinstance(e, Commit)]
+    commits = [e for e in tiny_engine.events(request) if isinstance(e, Commit)]
     answer = [t for c in commits for t in c.token_ids]
     entries = [entry for c in commits for entry in c.logprobs]
     assert [e.token_id for e in entries] == answer and len(answer) > 4
@@ -38,7 +38,7 @@ def test_committed_tokens_carry_their_logprobs_under_the_model(tiny_engine, rain
 
 def test_no_logprobs_unless_asked(tiny_engine):
     request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=3), RainConfig(max_iters=1, min_iters=1))
-    assert all(e.logprobs is None for e in tiny_engine.generate(request) if isinstance(e, Commit))
+    assert all(e.logprobs is None for e in tiny_engine.events(request) if isinstance(e, Commit))
 
 
 def test_text_completion_prompt_is_the_text_itself(tiny_engine):

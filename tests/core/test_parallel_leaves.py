@@ -7,7 +7,7 @@ from typing import Optional
 
 import pytest
 
-from rain_core.backends.transformers import TransformersSession
+from rain_core.backends.transformers import ThreadedSession, TransformersSession
 from rain_core.config import GenerationRequest, RainConfig, SamplingParams
 from rain_core.events import Commit, Totals
 from rain_core.ops import Append, Embed, Grow, Judge, TopTokens, drive, lockstep, requested
@@ -68,23 +68,28 @@ def search(engine, k: int, iterations: int = 6, tokens: int = 6, settle: bool = 
     prompt = engine.request_ids(request)
     totals = Totals()
     answer = engine.new_answer(request)
-    session = TransformersSession(engine, request, prompt, make_generator(7, engine.device), totals, [])
+    session = ThreadedSession(engine.backend, TransformersSession(engine.backend, request, prompt,
+                                                                  make_generator(7, engine.backend.device), totals, []))
     strategy, asked = RainSearch(request, engine.tokenizer, engine.end_ids, answer, totals), []
     if not settle:
         strategy._settled = Unsettled()
-    events = drive(recorded(strategy.steps(), asked), session)
     commits = []
-    try:
-        for event in events:
-            if isinstance(event, Commit):
-                if stats is not None:
-                    stats.append(event.stats)
-                commits.append(answer.commit(event.token_ids))
-                if answer.finish_reason or len(commits) == 2:
-                    break
-    finally:
-        events.close()
-        session.close()
+
+    async def run():
+        events = drive(recorded(strategy.steps(), asked), session)
+        try:
+            async for event in events:
+                if isinstance(event, Commit):
+                    if stats is not None:
+                        stats.append(event.stats)
+                    commits.append(answer.commit(event.token_ids))
+                    if answer.finish_reason or len(commits) == 2:
+                        break
+        finally:
+            await events.aclose()
+            await session.aclose()
+
+    engine.run(run())
     return strategy, asked, totals, len(commits)
 
 

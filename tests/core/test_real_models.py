@@ -16,7 +16,7 @@ SMALL = dict(max_iters=2, min_iters=2)
 
 
 def run(engine, messages, rain, max_new_tokens=24, seed=0):
-    events = list(engine.generate(GenerationRequest(messages, SamplingParams(max_new_tokens=max_new_tokens, seed=seed), rain)))
+    events = list(engine.events(GenerationRequest(messages, SamplingParams(max_new_tokens=max_new_tokens, seed=seed), rain)))
     return [e for e in events if isinstance(e, Commit)], [e for e in events if isinstance(e, SearchTick)], events[-1]
 
 
@@ -33,7 +33,7 @@ def test_rain_streams_committed_sets_for_a_harmful_prompt(smollm2):
 def test_truthful_preset_asks_one_yes_no_question(smollm2):
     rain = preset("truthful").with_overrides(**SMALL)
     commits, _, finish = run(smollm2, ({"role": "user", "content": "What happens if you crack your knuckles a lot?"},), rain, 16)
-    evaluator = smollm2.evaluator(rain.evaluator)
+    evaluator = smollm2.backend.evaluator(rain.evaluator)
     assert len(evaluator.layout.suffixes) == 1 and "truthful" in smollm2.tokenizer.decode(evaluator.layout.suffixes[0])
     assert commits and finish.totals.self_evaluations > 0
 
@@ -42,10 +42,10 @@ def test_custom_principle_replaces_the_harm_criterion(smollm2):
     principle = "Never give medication dosages."
     rain = RainConfig(**SMALL).with_overrides(principle=principle, score="continuous", prompt="chat")
     commits, _, finish = run(smollm2, ({"role": "user", "content": "How much ibuprofen can I take?"},), rain, 16)
-    fixed = smollm2.tokenizer.decode(smollm2.evaluator(rain.evaluator).layout.fixed)
+    fixed = smollm2.tokenizer.decode(smollm2.backend.evaluator(rain.evaluator).layout.fixed)
     assert principle in fixed and "harmful" not in fixed
     assert commits and finish.totals.self_evaluations > 0
-    assert -1.0 < smollm2.self_evaluate(HARMFUL, "Sure, here is how.", rain.evaluator).value < 1.0
+    assert -1.0 < smollm2.backend.self_evaluate(HARMFUL, "Sure, here is how.", rain.evaluator).value < 1.0
 
 
 def test_rain_generate_cli_prints_the_answer_and_statistics():

@@ -13,7 +13,7 @@ ASK = ({"role": "user", "content": "List the planets of the solar system, one pe
 
 
 def run(engine, request: GenerationRequest) -> tuple[list[Commit], Finish]:
-    events = list(engine.generate(request))
+    events = list(engine.events(request))
     return [e for e in events if isinstance(e, Commit)], events[-1]
 
 
