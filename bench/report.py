@@ -163,7 +163,7 @@ def attack_vs_overhead(summaries: list[dict], out: Path) -> Optional[Path]:
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlim(0.8, 2 * max(x for x, _, _ in points.values()))
-    ax.set(xlabel="overhead ratio (compute / vanilla estimate, log)  <- cheaper", ylabel="attack success (%)  <- better",
+    ax.set(xlabel="latency overhead (worker wall time / vanilla estimate, log)  <- cheaper", ylabel="attack success (%)  <- better",
            title="AdvBench" + (" + GCG suffixes" if gcg else "") + ": attack success vs cost", ylim=(-5, 110))
     _legend(ax, "center right")
     return _save(fig, out / "attack_vs_overhead.png")

@@ -81,8 +81,8 @@ def parse_args(argv: Optional[list[str]] = None) -> ServerConfig:
     p.add_argument("--default-mode", choices=["rain", "vanilla"], default=d.default_mode,
                    help="what a request without a `rain` object gets")
     p.add_argument("--shadow-vanilla-rate", type=_fraction, default=d.shadow_vanilla_rate,
-                   help="fraction of RAIN requests re-decoded with vanilla decoding when a worker is idle, "
-                        "to keep the overhead estimate fresh")
+                   help="fraction of judged requests re-decoded with vanilla decoding as each ends, so the vanilla "
+                        "latency estimate behind rain_overhead_ratio follows the current load")
     p.add_argument("--threads", type=_positive(int), default=d.threads,
                    help="torch threads per worker (default: the cores this process may use / workers)")
     p.add_argument("--judge-model", default=d.judge_model,

@@ -29,9 +29,15 @@ class Metrics:
         self.queue_time = Histogram("rain_queue_time_seconds", "Arrival to dispatch to a worker", BY_MODE,
                                     buckets=SECONDS, registry=r)
         self.overhead = Histogram("rain_overhead_ratio",
-                                  "RAIN request cost / a vanilla answer's: compute seconds on the transformers backend, "
-                                  "engine tokens computed on the vllm backend (README, Overhead)", ["model"],
+                                  "Latency overhead of a judged request: its wall time in its worker over a vanilla "
+                                  "latency estimate for the same prompt and answer length, on the same engine under "
+                                  "the load of the moment (the same quantity on every backend)", ["model"],
                                   buckets=RATIOS, registry=r)
+        self.engine_work = Histogram("rain_engine_work_ratio",
+                                     "Engine work of a judged request: tokens a model computed for it (prefix-cache hits "
+                                     "excluded) over a vanilla answer's prompt plus completion tokens, by the model "
+                                     "that computed them (a --judge-model has series of its own)", ["model"],
+                                     buckets=RATIOS, registry=r)
         self.engine_steps = Counter("rain_engine_steps", "Engine steps (forward passes), by the model the engine runs "
                                     "(on the vllm backend a --judge-model's engine has series of its own)", ["model"], registry=r)
         self.engine_rows = Counter("rain_engine_batch_rows", "Sequences computed, summed over engine steps: "
@@ -81,6 +87,8 @@ class Metrics:
             self.self_evaluations.labels(self.model).inc(totals.self_evaluations)
             if done.overhead_ratio is not None:
                 self.overhead.labels(self.model).observe(done.overhead_ratio)
+            for engine_model, ratio in (done.engine_work or {}).items():
+                self.engine_work.labels(engine_model).observe(ratio)
 
     def ended(self, job: Job, finish_reason: str) -> None:
         """Count a request by how it ended: an OpenAI finish reason, `cancelled` or `error`."""

@@ -14,6 +14,8 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
+from rain_core.events import FinishReason, OpenAIFinishReason
+
 from .chat import ChatCompletionRequest
 from .completions import CompletionRequest
 from .responses import InputMessage, ResponsesRequest
@@ -44,20 +46,21 @@ class RainSummary(Doc):
     """A generation's search statistics and its measured cost against vanilla decoding."""
 
     enabled: bool
-    finish_reason: Literal["stop", "length", "time_budget", "cancelled"]
+    finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
     commits: int
     iterations: int
     self_evaluations: int
-    forward_calls: int
-    tokens_fed: int
-    prefill_s: float
-    wall_s: float
-    compute_s: float
+    forward_calls: int  # model calls (engine requests on vLLM), the judge's included
+    tokens_fed: int  # tokens the served model computed for this generation (prefix-cache hits not)
+    judge_tokens_fed: int  # tokens a separate --judge-model computed for it
+    wall_s: float  # from the engine's start on it to its end
+    worker_s: float  # its wall time in its worker, from its arrival there to its end
     queue_s: float
-    vanilla_estimate_s: Optional[float]
-    overhead_ratio: Optional[float]
+    vanilla_estimate_s: Optional[float]  # vanilla decoding of the same prompt and answer length, on the same engine now
+    overhead_ratio: Optional[float]  # worker_s / vanilla_estimate_s: the latency it cost against vanilla decoding
+    engine_work_ratio: Optional[dict[str, float]]  # tokens each model computed / (prompt + completion tokens)
     resubmissions: int  # workers that died under it (the work totals are then the last worker's)
     commit_stats: Optional[list[CommitStats]] = None  # non-streamed RAIN answers
     strategy: Optional[Literal["rain", "self_check", "best_of_n"]] = None  # searched or judged requests
@@ -106,7 +109,7 @@ class ChatChoice(Doc):
     index: int
     message: AssistantMessage
     logprobs: Optional[ChatLogprobs]
-    finish_reason: Literal["stop", "length"]
+    finish_reason: OpenAIFinishReason
     rain: RainSummary
 
 
@@ -129,7 +132,7 @@ class ChunkChoice(Doc):
     index: int
     delta: ChunkDelta
     logprobs: Optional[ChatLogprobs]
-    finish_reason: Optional[Literal["stop", "length"]]
+    finish_reason: Optional[OpenAIFinishReason]
 
 
 class Chunked(Doc):
@@ -160,7 +163,7 @@ class CompletionChoice(Doc):
     index: int
     text: str
     logprobs: Optional[CompletionLogprobs]
-    finish_reason: Optional[Literal["stop", "length"]]
+    finish_reason: Optional[OpenAIFinishReason]
     rain: Optional[RainSummary] = None  # non-streamed
 
 

@@ -71,13 +71,14 @@ class Delta:
 @dataclass(frozen=True)
 class Done:
     id: str
-    finish_reason: str  # rain_core's: stop, length, time_budget
+    finish_reason: FinishReason
     totals: Totals
-    compute_s: float  # time the worker spent on this request alone (interleaved requests excluded)
-    vanilla_estimate_s: Optional[float] = None  # vanilla decoding of the same prompt and output length
-    overhead_ratio: Optional[float] = None  # compute_s / vanilla_estimate_s, RAIN only
+    worker_s: float  # the request's wall time in its worker, from its Submit to its end
+    vanilla_estimate_s: Optional[float] = None  # vanilla decoding of the same prompt and answer length, here and now
+    overhead_ratio: Optional[float] = None  # worker_s / vanilla_estimate_s, judged requests only
     judgment: Optional[Judgment] = None  # strategy and judge of a searched or judged request
     engine_loads: Optional[dict[str, EngineLoad]] = None  # the worker's engine steps since its previous Done, by model id
+    engine_work: Optional[dict[str, float]] = None  # tokens each model computed for it over a vanilla answer's, by model id
 
 
 @dataclass(frozen=True)

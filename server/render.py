@@ -4,17 +4,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Optional, Sequence
 
-from rain_core.events import Judgment
+from rain_core.events import OPENAI_FINISH_REASON, Judgment
 
 from .pool import Job
 from .protocol import Delta, Done
 
-# rain_core's finish reasons as OpenAI names them: a search that ran out of time stopped short
-FINISH_REASONS = {"stop": "stop", "length": "length", "time_budget": "length"}
-
-
 def finish_reason(done: Done) -> str:
-    return FINISH_REASONS[done.finish_reason]
+    return OPENAI_FINISH_REASON[done.finish_reason]
 
 
 def token_counts(dones: Sequence[Done]) -> tuple[int, int]:
@@ -38,11 +34,12 @@ def rain_summary(job: Job, done: Done, commits: Optional[list[dict]] = None) -> 
         "enabled": job.mode == "rain",
         "finish_reason": done.finish_reason,
         **done.totals.as_dict(),
-        "compute_s": done.compute_s,
+        "worker_s": done.worker_s,
         "queue_s": job.dispatched - job.arrived,
         "resubmissions": job.resubmissions,  # workers that died under it; the totals are the last one's
         "vanilla_estimate_s": done.vanilla_estimate_s,
         "overhead_ratio": done.overhead_ratio,
+        "engine_work_ratio": done.engine_work,
     }
     if commits is not None:
         summary["commit_stats"] = commits

@@ -184,11 +184,11 @@ function costBar(label, value, largest) {
 function showSummary(summary) {
   const ratio = summary.overhead_ratio;
   $("headline").textContent = typeof ratio === "number"
-    ? `${ratio.toFixed(1)}× the compute of vanilla decoding`
+    ? `${ratio.toFixed(1)}× the latency of vanilla decoding`
     : "Vanilla decoding: no search, no overhead";
-  const largest = Math.max(summary.compute_s || 0, summary.vanilla_estimate_s || 0, 1e-9);
+  const largest = Math.max(summary.worker_s || 0, summary.vanilla_estimate_s || 0, 1e-9);
   $("cost").replaceChildren(
-    costBar(summary.enabled ? "RAIN compute" : "compute", summary.compute_s, largest),
+    costBar(summary.enabled ? "RAIN latency" : "latency", summary.worker_s, largest),
     costBar("vanilla estimate", summary.vanilla_estimate_s, largest),
   );
   const facts = [

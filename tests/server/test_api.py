@@ -30,7 +30,7 @@ def test_non_streamed_and_streamed_answers_agree(rain_server, tokenizer):
     assert full.usage.total_tokens == full.usage.prompt_tokens + 12
     rain = full.model_extra["rain"]
     assert rain["enabled"] is False and rain["completion_tokens"] == 12 and rain["commits"] == 12
-    assert rain["overhead_ratio"] is None and rain["compute_s"] > 0
+    assert rain["overhead_ratio"] is None and rain["worker_s"] > 0
 
     chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, stream=True,
                                                  stream_options={"include_usage": True}, extra_body=VANILLA))

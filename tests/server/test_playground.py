@@ -108,8 +108,8 @@ def test_a_rain_answer_streams_with_the_search_behind_each_set(rain_server, tab)
             assert float(row.locator(f"td.{name}").get_attribute("data-value")) == pytest.approx(stats[name])
         assert row.locator("td.iterations .fill").evaluate("f => parseFloat(f.style.width)") > 0
 
-    assert re.fullmatch(r"\d+\.\d× the compute of vanilla decoding", page.text_content("#headline"))
-    assert page.locator("#cost .cost-row").all_text_contents()[0].startswith("RAIN compute")
+    assert re.fullmatch(r"\d+\.\d× the latency of vanilla decoding", page.text_content("#headline"))
+    assert page.locator("#cost .cost-row").all_text_contents()[0].startswith("RAIN latency")
     shown = facts(page)
     assert shown["iterations"] == str(rain["iterations"]) and shown["commits"] == str(rain["commits"])
     assert shown["self-evaluations"] == str(rain["self_evaluations"]) and shown["finish"] == "length"

@@ -166,10 +166,12 @@ def test_default_threads_follow_the_cores_this_process_may_use():
 
 
 def test_vanilla_speed_estimate():
+    """Prefill per prompt token from the time to the first token; decode per later token from the rest."""
     speed = VanillaSpeed()
     assert speed.estimate(10, 10) is None
-    speed.observe(Totals(prompt_tokens=10, completion_tokens=5, prefill_s=0.1), compute_s=0.6)
-    assert speed.estimate(20, 10) == pytest.approx(20 * 0.01 + 10 * 0.1)
-    assert not speed.observe(Totals(prompt_tokens=10, completion_tokens=0, prefill_s=0.1), compute_s=0.2)
-    speed.observe(Totals(prompt_tokens=10, completion_tokens=5, prefill_s=0.1), compute_s=1.1)
+    speed.observe(Totals(prompt_tokens=10, completion_tokens=6), first_token_s=0.1, wall_s=0.6)
+    assert speed.estimate(20, 11) == pytest.approx(20 * 0.01 + 10 * 0.1)
+    assert not speed.observe(Totals(prompt_tokens=10, completion_tokens=1), first_token_s=0.1, wall_s=0.2)
+    assert not speed.observe(Totals(prompt_tokens=10, completion_tokens=6), first_token_s=None, wall_s=0.2)
+    speed.observe(Totals(prompt_tokens=10, completion_tokens=6), first_token_s=0.1, wall_s=1.1)
     assert speed.decode_s_per_token == pytest.approx(0.8 * 0.1 + 0.2 * 0.2)
