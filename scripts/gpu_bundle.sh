@@ -117,14 +117,14 @@ check() {
   PYTHONPATH="$site/lib:$PWD" "$venv/bin/python" - <<'PY'
 import importlib, sys
 from importlib import metadata
-# the modules a dense model's engine, its GPU worker and the vLLM server load; rain_core's backend
+# the modules a dense model's engine, its GPU worker and the vLLM server load; rain_core's backend. Not
+# vllm.vllm_flash_attn: it refuses to import unless FA3's kernels load, which takes the driver (GPU-only)
 modules = """vllm vllm.engine.arg_utils vllm.inputs vllm.sampling_params vllm.outputs vllm.v1.engine.async_llm
 vllm.v1.engine.core vllm.v1.engine.exceptions vllm.v1.metrics.loggers vllm.v1.executor.multiproc_executor
 vllm.v1.executor.uniproc_executor vllm.v1.worker.gpu_worker vllm.v1.worker.gpu_model_runner
 vllm.v1.worker.gpu.model_runner vllm.v1.attention.backends.flash_attn vllm.v1.attention.backends.triton_attn
 vllm.model_executor.models.llama vllm.model_executor.models.qwen2 vllm.v1.core.sched.scheduler
-vllm.v1.structured_output vllm.entrypoints.openai.api_server vllm.vllm_flash_attn
-rain_core.backends.vllm server.app""".split()
+vllm.v1.structured_output vllm.entrypoints.openai.api_server rain_core.backends.vllm server.app""".split()
 failed = []
 for name in modules:
     try:
