@@ -82,7 +82,12 @@ class RainConfig:
     strategy: Strategy = "rain"
     judge: JudgeChoice = "self"
     best_of: int = 4  # best_of_n: answers sampled (at candidate_temperature and candidate_top_p)
-    judge_threshold: Optional[float] = None  # self_check: None takes the engine's (--judge-threshold)
+    judge_threshold: Optional[float] = None  # self_check and gated: None takes the engine's (--judge-threshold)
+    # gated (rain_core/gated.py): vanilla decoding, RAIN's search only over a sentence the judge flags. Defaults
+    # not measured yet (issue 35's frontier run sets them)
+    gated_search_budget: int = 100  # search iterations per flagged sentence (checked after each commit); 0: refuse at once
+    gated_max_flagged: int = 2  # flagged sentences an answer may have searched; the next one is refused
+    gated_front_load: int = 0  # the answer's first K token sets made by the search (Qi et al., ICLR 2025); 0: none
 
     def set_size(self, depth: int) -> int:
         return self.set_sizes[min(depth, len(self.set_sizes) - 1)]
@@ -150,6 +155,9 @@ class GenerationRequest:
     # Requests share cached prompt states only with requests of the same salt (vLLM's prefix cache; the
     # transformers backend keeps nothing of a request for the next): one tenant cannot time another's prompts.
     cache_salt: Optional[str] = None
+    # The prompt's ids as the API process laid it out and counted it (messages or prompt_text, templated): the
+    # engine feeds them as they are. None: the engine lays the prompt out itself.
+    prompt_ids: Optional[tuple[int, ...]] = None
 
     @classmethod
     def completion(cls, text: str, params: SamplingParams, rain: Optional[RainConfig] = None) -> "GenerationRequest":

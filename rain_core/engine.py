@@ -54,13 +54,12 @@ def request_ids(tokenizer, request: GenerationRequest) -> list[int]:
     return prompt_ids(tokenizer, request.messages)
 
 
-def check_fits(context_length: int, prompt_tokens: int, max_new_tokens: int) -> None:
+def check_fits(context_length: int, prompt_tokens: int, max_new_tokens: int, param: str = "max_tokens",
+               counted: str = "the prompt has") -> None:
+    """The one context check (the API process runs it before a request queues, the engine again)."""
     if prompt_tokens + max_new_tokens > context_length:
-        raise RequestError(
-            f"this model's context is {context_length} tokens; the prompt has {prompt_tokens} and "
-            f"max_tokens asks for {max_new_tokens} more ({prompt_tokens + max_new_tokens} in all)",
-            "max_tokens",
-        )
+        raise RequestError(f"this model's context is {context_length} tokens; {counted} {prompt_tokens} tokens and "
+                           f"the answer asks for {max_new_tokens} more", param)
 
 
 @dataclass
@@ -140,7 +139,8 @@ class Engine:
     def _begin(self, request: GenerationRequest) -> Generation:
         started = time.perf_counter()
         judgment = None if request.rain is None else self.judgment(request.rain)
-        prompt = self.request_ids(request)
+        # the API process sends the ids it counted: the conversation is laid out once
+        prompt = list(request.prompt_ids) if request.prompt_ids is not None else self.request_ids(request)
         self.check_fits(len(prompt), request.params.max_new_tokens)
         g = Generation(request, prompt, self.new_answer(request), Totals(prompt_tokens=len(prompt)), judgment, started)
         if request.resume is not None:

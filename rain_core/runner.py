@@ -8,13 +8,14 @@ The operations take and return plain tensors and ints so that `tp.py` can replay
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from transformers import DynamicCache
 
-from .events import Totals
+from .events import EngineLoad, Totals
 
 
 class ModelRunner:
@@ -24,6 +25,8 @@ class ModelRunner:
         """`judge`: this model only judges (a --judge-model): its work counts as the judge's."""
         self.model = model
         self.judge = judge
+        self.load = EngineLoad()  # every forward a step of one row (this runner batches no requests)
+        self._load_lock = threading.Lock()  # forwards count on the model thread, take_load reads on the worker's loop
         self.device = torch.device(device)
         self.caches: dict[int, DynamicCache] = {}
         self._next_handle = 0
@@ -54,6 +57,10 @@ class ModelRunner:
         self.caches[self._next_handle] = cache
         return self._next_handle
 
+    def take_load(self) -> EngineLoad:
+        with self._load_lock:
+            return self.load.take()
+
     # the one model operation ----------------------------------------------------------------------
     @torch.inference_mode()
     def forward(
@@ -80,6 +87,10 @@ class ModelRunner:
         )
         if totals is not None:
             totals.count(input_ids.shape[1], judge=self.judge)
+        with self._load_lock:
+            self.load.steps += 1
+            self.load.rows += 1
+            self.load.tokens += input_ids.shape[1]
         return out.logits[0].float()
 
 

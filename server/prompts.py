@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Callable, Optional
 
 from rain_core.config import GenerationRequest
-from rain_core.engine import RequestError, request_ids
+from rain_core.engine import check_fits, request_ids
 from rain_core.models import ModelSource, load_tokenizer
 
 from .tokens import TokenTexts
@@ -62,13 +62,11 @@ class Prompts:
         at_least = chars // self.longest_token_chars
         if at_least:  # the length proves something: refuse without tokenising when it proves too much
             self._check(at_least, limit, prompt_field, f"the prompt's {chars} characters are at least")
-        prompt_tokens = len(await self.off_loop(request_ids, self.tokenizer, request))
-        self._check(prompt_tokens, limit, prompt_field, "the prompt has")
-        budget = limit or min(default, self.context_length - prompt_tokens)
-        return replace(request, params=replace(request.params, max_new_tokens=budget))
+        ids = await self.off_loop(request_ids, self.tokenizer, request)
+        self._check(len(ids), limit, prompt_field, "the prompt has")
+        budget = limit or min(default, self.context_length - len(ids))
+        # the worker is fed these ids as they are: the conversation is templated and tokenised once
+        return replace(request, prompt_ids=tuple(ids), params=replace(request.params, max_new_tokens=budget))
 
     def _check(self, prompt_tokens: int, limit: Optional[int], prompt_field: str, counted: str) -> None:
-        if prompt_tokens + (limit or 1) > self.context_length:
-            raise RequestError(
-                f"this model's context is {self.context_length} tokens; {counted} {prompt_tokens} tokens and the "
-                f"answer asks for {limit or 1} more", "max_tokens" if limit else prompt_field)
+        check_fits(self.context_length, prompt_tokens, limit or 1, "max_tokens" if limit else prompt_field, counted)

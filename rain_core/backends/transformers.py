@@ -82,7 +82,6 @@ class TransformersBackend(Backend):
         self._evaluators: LRU[tuple[JudgeChoice, EvaluatorConfig], SelfEvaluator] = LRU(
             EVALUATORS_KEPT, on_evict=SelfEvaluator.close)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self._load = EngineLoad()
 
     # the interface -----------------------------------------------------------------------------
     async def open_session(self, request: GenerationRequest, state: list[int], committed: list[int],
@@ -93,7 +92,10 @@ class TransformersBackend(Backend):
 
     def take_loads(self) -> dict[str, EngineLoad]:
         """One request per forward here: rows = steps."""
-        return {}
+        loads = {self.model_name: self.runner.take_load()}
+        if "served" in self._models:
+            loads[self._models["served"].name] = self._models["served"].runner.take_load()
+        return loads
 
     async def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
