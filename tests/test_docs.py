@@ -17,16 +17,18 @@ LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)  # http:, https:, mailto:, ...
 
 
+def prose(page: Path) -> str:
+    """The page without its code blocks: a link or a `#` line there is text, not a link or a heading."""
+    return re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+
+
 def links(page: Path) -> list[str]:
-    """The page's link targets, code blocks left out (a link there is text, not a link)."""
-    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)
-    return [m.group(1) for m in LINK.finditer(text)]
+    return [m.group(1) for m in LINK.finditer(prose(page))]
 
 
 def anchors(page: Path) -> set[str]:
     """The #anchors GitHub gives the page's headings: lower case, punctuation dropped, spaces as hyphens."""
-    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)
-    headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", text, flags=re.MULTILINE)
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", prose(page), flags=re.MULTILINE)
     return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
 
 
