@@ -60,6 +60,7 @@ MODES = {
     "budget2_served": {"max_iters": 2, "min_iters": 2, "judge": "served"},
     "paper_pl1": {"parallel_leaves": 1},
     "paper_pl4": {"parallel_leaves": 4},
+    "paper_pl8": {"parallel_leaves": 8},
 }
 BACKENDS = ("transformers", "vllm")
 START_TIMEOUT_S = 300
