@@ -322,35 +322,37 @@ class Faults(threading.Thread):
         self._timers: list[threading.Timer] = []
 
     def run(self) -> None:
+        """A kind's turn passes only once it has hit: with no worker alive, the next tick tries it again."""
         turns = itertools.cycle(self.kinds)
+        kind = next(turns)
         while not self.done.wait(self.every_s):
-            kind = next(turns)
             try:
                 workers = [w for w in health(self.base_url)["workers"]
                            if w["alive"] and w["pid"] and w["pid"] not in self.stopped]
             except httpx.TransportError:
                 continue  # the prober counts that
-            if workers:
-                self.inject(kind, max(workers, key=lambda w: w["running"]))
+            if workers and self.inject(kind, max(workers, key=lambda w: w["running"])):
+                kind = next(turns)
 
-    def inject(self, kind: str, worker: dict) -> None:
+    def inject(self, kind: str, worker: dict) -> bool:
         pid = worker["pid"]
         if kind in ("kill_engine", "kill_judge_engine"):
             cores = engine_cores(pid)
             wanted = 0 if kind == "kill_engine" else 1
             if len(cores) <= wanted:
-                return
+                return False
             pid = cores[wanted]
         try:
             os.kill(pid, signal.SIGSTOP if kind == "stop_worker" else signal.SIGKILL)
         except ProcessLookupError:
-            return
+            return False
         self.log.append(Fault(round(time.monotonic() - self.started, 1), kind, worker["index"], pid))
         if kind == "stop_worker":
             self.stopped.add(pid)
             timer = threading.Timer(self.stop_s, self.resume, (pid,))
             self._timers.append(timer)
             timer.start()
+        return True
 
     def resume(self, pid: int) -> None:
         if pid in self.stopped:
