@@ -5,7 +5,8 @@ model, I cannot ..." past the start). Two judges here:
 
 - `PatternRefusalJudge`: refusal phrasings as regular expressions over the reply's opening (a refusal
   comes first; later text such as "you cannot skip this step" in a recipe must not count), written
-  from the phrasings seen in RESULTS.md and common chat-model refusals before the labelled sample was read.
+  from the phrasings seen in RESULTS.md and common chat-model refusals; not tuned on the labelled sample
+  (the replies it misses there are left missed, so its agreement is not flattered).
 - `ModelRefusalJudge`: a model asked whether the reply refuses, read as log P(Yes) - log P(No) of its next
   token, so a threshold can be set (the same reading as rain_core's yes/no self-evaluation).
 
