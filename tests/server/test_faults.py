@@ -1,11 +1,14 @@
 """Faults on the default backend (vLLM): a request sent while the only worker restarts waits for it and
 completes; the death of the vLLM engine-core process alone takes its worker down, and the stream in
-flight resumes on the restarted worker, unchanged. The tests run in order on one server."""
+flight resumes on the restarted worker, unchanged (these two in order on one server). And only a
+crash-looping worker gets a request refused."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -68,3 +71,31 @@ def test_the_engine_core_s_death_resumes_the_stream_on_the_restarted_worker(vllm
     assert streamed_text(chunks) == reference  # nothing repeated or changed across the resume
     (last,) = finish_chunks(chunks)
     assert last["choices"][0]["finish_reason"] == "length" and last["rain"]["summary"]["resubmissions"] == 1
+
+
+def test_only_a_crash_loop_is_a_503_and_it_ends_when_a_start_succeeds(launch_server, tmp_path):
+    """The pool's own logic, the same on both backends (so on the one that restarts in seconds): a worker
+    whose restarts keep failing (its model file gone) is crash-looping after CRASH_LOOP_DEATHS deaths in a
+    row; then, and only then, a request is refused with 503 no_worker and a Retry-After."""
+    from rain_core.models import resolve
+    from server.supervisor import CRASH_LOOP_DEATHS
+
+    source = resolve("smollm2")
+    model = tmp_path / source.gguf_file  # the same name and size: the converted model cached for it serves
+    shutil.copyfile(Path(source.path) / source.gguf_file, model)
+    with launch_server("--backend", "transformers", "--model", str(model), "--threads", "1",
+                       "--default-mode", "vanilla") as server:
+        body = {"model": str(model), "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        hidden = model.rename(tmp_path / "elsewhere")
+        os.kill(only_worker(server)["pid"], signal.SIGKILL)
+        looping = server.wait_for(lambda h: h["workers"][0]["state"] == "crash_loop", timeout_s=RESTART_TIMEOUT_S,
+                                  what="the worker to crash-loop")
+        assert looping["status"] == "unavailable" and server.health()[0] == 503
+        refused = httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=60)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_worker", refused.text
+        assert int(refused.headers["retry-after"]) >= 1 and f"{CRASH_LOOP_DEATHS} times" in refused.json()["error"]["message"]
+
+        hidden.rename(model)
+        server.wait_for(lambda h: h["status"] == "ok", timeout_s=RESTART_TIMEOUT_S, what="a start that succeeds")
+        answer = httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=RESTART_TIMEOUT_S)
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
