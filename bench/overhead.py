@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import statistics
 import sys
 import tempfile
@@ -172,6 +173,10 @@ def run_backend(backend: str, args, prompts: list[str], log_dir: Path) -> list[R
     return rows
 
 
+def interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.splitlines()[0])
     p.add_argument("--backends", default="vllm,transformers")
@@ -186,6 +191,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=None, help="write the rows and medians as JSON here")
     args = p.parse_args(argv)
 
+    signal.signal(signal.SIGTERM, interrupted)  # as Ctrl-C: run_backend's finally stops its server
     prompts = load_prompts(args.data, args.limit)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="rain-overhead-") as scratch:

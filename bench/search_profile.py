@@ -64,9 +64,9 @@ def synchronized(device: torch.device) -> float:
 
 
 def timed(engine: Engine, index: int, prompt: str, k: int, max_tokens: int, seed: int) -> Run:
-    started = synchronized(engine.device)
+    started = synchronized(engine.backend.device)
     finish = engine.complete(request(prompt, k, max_tokens, seed))
-    wall = synchronized(engine.device) - started
+    wall = synchronized(engine.backend.device) - started
     t = finish.totals
     return Run(index, k, round(wall, 3), t.iterations, t.forward_calls, t.tokens_fed, finish.text)
 
@@ -74,12 +74,12 @@ def timed(engine: Engine, index: int, prompt: str, k: int, max_tokens: int, seed
 def profiled(engine: Engine, prompt: str, k: int, max_tokens: int, seed: int, top: int) -> Profile:
     from torch.profiler import ProfilerActivity, profile
 
-    cuda = engine.device.type == "cuda"
+    cuda = engine.backend.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    started = synchronized(engine.device)
+    started = synchronized(engine.backend.device)
     with profile(activities=activities) as prof:
         engine.complete(request(prompt, k, max_tokens, seed))
-        synchronized(engine.device)
+        synchronized(engine.backend.device)
     wall = time.perf_counter() - started
     averages = prof.key_averages()
 

@@ -24,7 +24,7 @@ class ServerConfig:
     device: str = "cpu"  # cpu, cuda (all visible GPUs), cuda:0,1,... (these GPUs), or any torch device
     dtype: str = "float32"
     tp: int = 1
-    backend: Backend = "vllm"  # serves both modes faster under concurrency on a 2-core CPU too (README, Throughput)
+    backend: Backend = "vllm"  # batches every request's operations (docs/BENCHMARKS.md, bench.throughput)
     workers: int = 1
     max_running_per_worker: Optional[int] = None  # None: the backend's own (RUNNING_PER_WORKER)
     max_queue: int = 64

@@ -120,8 +120,8 @@ def engine_environment(config: EngineConfig) -> dict[str, str]:
     env = {"VLLM_CPU_KVCACHE_SPACE": str(CPU_KV_CACHE_GIB)}
     if config.judge_model:
         # The judge's engine shares the served one's cores, and OpenMP threads that spin while they wait
-        # take them from the other engine's working threads. Asleep instead, RAIN with the served judge ran
-        # 1.5 times faster at 4 and 8 requests, 0.9 times alone (README, Throughput).
+        # take them from the other engine's working threads; asleep, they leave the cores to the engine
+        # that has work (bench.throughput with --server-flags '--judge-model ...' measures it).
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     return env
 

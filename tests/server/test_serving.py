@@ -157,6 +157,9 @@ def test_metrics_cover_every_family(rain_server, backend):
     assert grew("rain_self_evaluations_total", model=MODEL) == rain.model_extra["rain"]["self_evaluations"] > 0
     assert grew("rain_overhead_ratio_count", model=MODEL) == 1
     assert grew("rain_overhead_ratio_sum", model=MODEL) == pytest.approx(rain.model_extra["rain"]["overhead_ratio"])
+    assert grew("rain_engine_work_ratio_count", model=MODEL) == 1
+    assert grew("rain_engine_work_ratio_sum", model=MODEL) == pytest.approx(
+        rain.model_extra["rain"]["engine_work_ratio"][MODEL])
     # every token these requests fed (3 vanilla streams and the RAIN answer) was computed in some step
     steps, rows = grew("rain_engine_steps_total", model=MODEL), grew("rain_engine_batch_rows_total", model=MODEL)
     assert steps > 0 and grew("rain_engine_batch_tokens_total", model=MODEL) >= rain.model_extra["rain"]["tokens_fed"] + 3 * 16
