@@ -274,7 +274,7 @@ class ModelList(Doc):
 
 
 class Health(Doc):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "restarting", "unavailable"]  # restarting: no worker ready, requests wait in the queue
     model: str
     running: int
     waiting: int
@@ -283,7 +283,7 @@ class Health(Doc):
 
 ERRORS = {400: "invalid request", 401: "missing or wrong API key", 404: "unknown model",
           413: "request body over --max-request-bytes", 429: "every slot busy and the queue full",
-          500: "the generation failed", 503: "no worker ready, or the request's worker died",
+          500: "the generation failed", 503: "every worker crash-looping, or the request's workers kept dying",
           504: "past --request-timeout"}
 
 # (path, method) -> (request body, JSON response, streamed event)
@@ -301,7 +301,8 @@ COMPLETIONS = {"summary": "Create a text completion of a prompt, without the cha
 RESPONSES = {"summary": "Create a response (OpenAI's Responses API, text only)"}
 MODELS = {"summary": "List the served model"}
 MODEL = {"summary": "Describe the served model"}
-HEALTH = {"summary": "200 while a worker is ready, else 503; the workers and their measured speed"}
+HEALTH = {"summary": "200 while a worker is ready or restarting (requests wait), 503 while starting or crash-looping; "
+                     "the workers, their states and their measured vanilla speed"}
 METRICS = {"summary": "Prometheus metrics (text format)"}
 
 
