@@ -42,9 +42,9 @@ ARG VLLM_UNLOADABLE=""
 # RAIN_CACHE_DIR, so that workers start in seconds and need not write there (about 0.5 GB for smollm2 and
 # 2.4 GB for qwen2.5-coder-0.5b). Empty: converted at first start, which needs a writable RAIN_CACHE_DIR.
 ARG PREWARM_MODELS="smollm2 qwen2.5-coder-0.5b"
-# More Debian/Ubuntu packages, separated by commas. Empty on CUDA; on CPU g++: vLLM's CPU sampler compiles a
-# kernel with torch.compile at the first request, and Inductor's CPU backend needs a C++ compiler (without
-# one the engine dies with InvalidCxxCompiler).
+# More Debian/Ubuntu packages, separated by commas. Empty on CUDA; on CPU g++ and python3-dev: vLLM's CPU
+# sampler compiles a kernel with torch.compile at the first request, and Inductor's CPU backend needs a C++
+# compiler and Python.h (without them the engine dies with InvalidCxxCompiler, then CppCompileError).
 ARG EXTRA_APT_PACKAGES=""
 # Opt-in groups of model wheels: each NAME installs scripts/model-wheels-NAME.txt beside the default list.
 ARG MODEL_GROUPS=""

