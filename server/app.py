@@ -67,7 +67,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     source = resolve(config.model)  # the reported id, known without loading the weights
     model = source.name
     judge_model = resolve(config.judge_model).name if config.judge_model else None
-    pool = Pool(config.worker_configs(), config.running_per_worker, config.max_queue)
+    pool = Pool(config.worker_configs(), config.running_per_worker, config.max_queue, config.worker_hang_timeout)
     prompts = Prompts(source, lambda: pool.context_length)
     metrics = Metrics(model, running=lambda: len(pool.running), waiting=lambda: len(pool.waiting), alive=pool.alive)
     started = int(time.time())

@@ -74,6 +74,9 @@ def parse_args(argv: Optional[list[str]] = None) -> ServerConfig:
                    help="requests that may wait for a worker; beyond that: 429")
     p.add_argument("--request-timeout", type=_positive(float), default=d.request_timeout,
                    help="seconds from arrival until a request is ended with an error")
+    p.add_argument("--worker-hang-timeout", type=_positive(float), default=d.worker_hang_timeout,
+                   help="seconds a ready worker may send nothing (it beats every second, busy or idle) before it is "
+                        "killed as hung and restarted, its requests resumed on the restarted worker")
     p.add_argument("--max-request-bytes", type=_positive(int), default=d.max_request_bytes,
                    help="largest request body accepted; a larger one is a 413")
     p.add_argument("--api-key", default=os.environ.get("RAIN_API_KEY"),

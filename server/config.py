@@ -29,6 +29,7 @@ class ServerConfig:
     max_running_per_worker: Optional[int] = None  # None: the backend's own (RUNNING_PER_WORKER)
     max_queue: int = 64
     request_timeout: float = 600.0
+    worker_hang_timeout: float = 30.0  # a ready worker that sends no heartbeat this long is killed and restarted
     max_request_bytes: int = 2 * 1024 * 1024
     api_key: Optional[str] = None
     default_mode: Literal["rain", "vanilla"] = "rain"

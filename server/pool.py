@@ -26,7 +26,8 @@ from rain_core.config import GenerationRequest, Resume
 from rain_core.events import FinishReason
 
 from .errors import ApiError
-from .protocol import Cancel, Cancelled, Delta, Done, Failed, FromWorker, Ready, Shutdown, Speed, Submit, WorkerConfig
+from .protocol import (HEARTBEAT_S, Cancel, Cancelled, Delta, Done, Failed, FromWorker, Ready, Shutdown, Speed, Submit,
+                       WorkerConfig)
 from .supervisor import CRASH_LOOP_DEATHS, Reader, WorkerSlot, kill_group
 
 log = logging.getLogger("rain_serve.pool")
@@ -69,10 +70,11 @@ class Job:
 
 
 class Pool:
-    def __init__(self, configs: list[WorkerConfig], max_running: int, max_queue: int):
+    def __init__(self, configs: list[WorkerConfig], max_running: int, max_queue: int, hang_timeout_s: float = 30.0):
         self.slots = [WorkerSlot(i, c) for i, c in enumerate(configs)]
         self.max_running = max_running
         self.max_queue = max_queue
+        self.hang_timeout_s = hang_timeout_s  # a ready worker silent this long is hung: it is killed and restarted
         self.waiting: deque[Job] = deque()
         self.running: dict[str, Job] = {}
         self.context_length: Optional[int] = None
@@ -99,6 +101,7 @@ class Pool:
         for slot in self.slots:
             slot.start(self._ctx)
         self._reader = Reader(self.slots, self._loop, self._on_message, self._on_death)
+        self._loop.call_later(HEARTBEAT_S, self._watch_hangs)
 
     async def close(self) -> None:
         """Stop the workers; called once the server has drained its requests."""
@@ -193,7 +196,22 @@ class Pool:
             job.events.put_nowait(Failed(job.id, error.status, error.message, error.param, error.code))
 
     # what the workers say (on the loop) ---------------------------------------------------------------
+    def _watch_hangs(self) -> None:
+        """Kill a ready worker that has said nothing for hang_timeout_s (stopped, or its event loop wedged):
+        its death is then handled as any other, its requests resumed on a restarted worker."""
+        if self._closing:
+            return
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.ready and slot.process is not None and now - slot.last_heard > self.hang_timeout_s:
+                log.error("worker %d (pid %s) sent nothing for %.0f s: hung; killing it", slot.index, slot.pid,
+                          now - slot.last_heard)
+                slot.last_heard = now  # once: the reader reports its death
+                kill_group(slot.process)
+        self._loop.call_later(HEARTBEAT_S, self._watch_hangs)
+
     def _on_message(self, slot: WorkerSlot, message: FromWorker) -> None:
+        slot.last_heard = time.monotonic()
         if isinstance(message, Ready):
             slot.became_ready(message.pid)
             self.context_length = message.context_length

@@ -46,6 +46,14 @@ class Ready:
     context_length: int
 
 
+HEARTBEAT_S = 1.0  # how often a ready worker says it is alive, busy or idle
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The worker's event loop still runs: a worker that sends none for --worker-hang-timeout is hung."""
+
+
 @dataclass(frozen=True)
 class Speed:
     """The worker's measured vanilla speeds, the denominator of the overhead ratio."""
@@ -96,4 +104,4 @@ class Cancelled:
 
 
 ToWorker = Union[Submit, Cancel, Shutdown]
-FromWorker = Union[Ready, Speed, Delta, Done, Failed, Cancelled]
+FromWorker = Union[Ready, Heartbeat, Speed, Delta, Done, Failed, Cancelled]

@@ -36,6 +36,7 @@ class WorkerSlot:
         self.spawned: Optional[float] = None  # when its current process started (monotonic)
         self.startup_s: Optional[float] = None  # how long its last start took, spawn to Ready
         self.restart_at: Optional[float] = None  # when its pending restart begins (monotonic); None: none pending
+        self.last_heard: float = 0.0  # when its current process last sent anything (monotonic)
 
     @property
     def crash_looping(self) -> bool:
@@ -52,6 +53,7 @@ class WorkerSlot:
 
     def became_ready(self, pid: int) -> None:
         self.ready, self.pid, self.deaths_unready = True, pid, 0
+        self.last_heard = time.monotonic()
         self.startup_s = time.monotonic() - self.spawned
 
     def ready_in_s(self, now: float, typical_startup_s: float) -> float:

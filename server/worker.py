@@ -26,7 +26,8 @@ from rain_core.engine import Engine, RequestError
 from rain_core.events import Commit, Event, Finish, Totals
 
 from .overhead import VanillaSpeed
-from .protocol import Cancel, Cancelled, Delta, Done, Failed, FromWorker, Ready, Shutdown, Submit, WorkerConfig
+from .protocol import (HEARTBEAT_S, Cancel, Cancelled, Delta, Done, Failed, FromWorker, Heartbeat, Ready, Shutdown,
+                       Submit, WorkerConfig)
 
 log = logging.getLogger("rain_serve.worker")
 
@@ -77,9 +78,10 @@ class Worker:
         threading.Thread(target=self._receive_into, args=(loop,), name="inbox", daemon=True).start()
         self.send(Ready(os.getpid(), self.engine.model_name, self.engine.context_length))
         self.send(self.speed.snapshot())
-        watch = loop.create_task(self._watch_engine())
+        watches = [loop.create_task(self._watch_engine()), loop.create_task(self._beat())]
         await self.stopped.wait()
-        watch.cancel()
+        for watch in watches:
+            watch.cancel()
         pending = [*self.tasks.values(), *([self.shadow] if self.shadow else [])]
         for task in pending:
             task.cancel()
@@ -110,6 +112,12 @@ class Worker:
             await asyncio.sleep(ENGINE_CHECK_S)
         log.error("an engine of this worker died; the pool restarts it")
         os._exit(1)
+
+    async def _beat(self) -> None:
+        """Tell the API process this worker runs; a stopped or wedged one falls silent and is restarted."""
+        while True:
+            self.send(Heartbeat())
+            await asyncio.sleep(HEARTBEAT_S)
 
     def send(self, message: FromWorker) -> None:
         try:

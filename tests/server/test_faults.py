@@ -99,3 +99,30 @@ def test_only_a_crash_loop_is_a_503_and_it_ends_when_a_start_succeeds(launch_ser
         server.wait_for(lambda h: h["status"] == "ok", timeout_s=RESTART_TIMEOUT_S, what="a start that succeeds")
         answer = httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=RESTART_TIMEOUT_S)
         assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
+
+
+def test_a_hung_worker_is_restarted_and_its_stream_resumes(launch_server):
+    """A worker that stops answering (SIGSTOP: its process alive, its heartbeats gone) is killed after
+    --worker-hang-timeout and restarted; the stream it held resumes there, unchanged. The pool's logic,
+    the same on both backends, so on the one that restarts in seconds."""
+    with launch_server("--backend", "transformers", "--threads", "1", "--default-mode", "vanilla",
+                       "--worker-hang-timeout", "5") as server:
+        reference = httpx.post(server.base_url + "/v1/chat/completions", json=chat_body(LONG, max_tokens=40, **VANILLA),
+                               timeout=600).json()["choices"][0]["message"]["content"]
+        worker = only_worker(server)["pid"]
+        stream = long_stream(server, 40, **VANILLA)
+        stream.wait_for_payloads(1 + 5)
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            assert len(stream.data) < 1 + 40, "the stream ended before its worker was stopped"
+            assert ready_again(server, worker)["workers"][0]["restarts"] == 1
+        finally:
+            try:
+                os.kill(worker, signal.SIGCONT)  # if the pool has not killed it yet, let it be killed cleanly
+            except ProcessLookupError:
+                pass
+        chunks = stream.chunks
+        assert streamed_text(chunks) == reference
+        (last,) = finish_chunks(chunks)
+        assert last["choices"][0]["finish_reason"] == "length" and last["rain"]["summary"]["resubmissions"] == 1
+        assert "sent nothing for" in server.log_tail(200_000)
