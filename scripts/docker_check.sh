@@ -204,7 +204,8 @@ sys.exit(0 if answer['choices'][0]['message']['content'] else 1)" || fail "--net
 compose() {
   local tool=(docker-compose)
   docker compose version > /dev/null 2>&1 && tool=(docker compose)
-  "${tool[@]}" -p "$run_id" --project-directory "$root/deploy" -f "$compose_file" "$@"
+  # Every command interpolates the whole file, and the file requires RAIN_API_KEY.
+  RAIN_API_KEY="$key" "${tool[@]}" -p "$run_id" --project-directory "$root/deploy" -f "$compose_file" "$@"
 }
 
 # deploy/docker-compose.yml made to run here: rain-serve on the CPU image (no GPU reservation, no build),
@@ -233,7 +234,7 @@ del stack["services"]["grafana"], stack["volumes"]["grafana-data"]
 stack.pop("name", None)  # Debian's docker-compose 1.29 predates the top-level name; -p gives it
 yaml.safe_dump(stack, open(dest, "w"), sort_keys=False)
 PY
-  RAIN_API_KEY="$key" RAIN_PORT="$api_port" PROMETHEUS_PORT="$prom_port" compose up -d --no-build > "$work/compose.log" 2>&1 \
+  RAIN_PORT="$api_port" PROMETHEUS_PORT="$prom_port" compose up -d --no-build > "$work/compose.log" 2>&1 \
     || fail "compose up: $(tail -10 "$work/compose.log")"
   local api_c
   api_c="$(compose ps -q rain-serve)"
