@@ -118,9 +118,22 @@ def test_a_flagged_sentence_never_reaches_the_client_streamed_or_not(smollm2, gr
         assert judgment.sentences[1].flagged_value == FAIL and judgment.sentences[1].searched
 
 
+def fails_once(answer: str) -> Callable[[str], float]:
+    """A judge that objects to `answer` the first time it sees it, and to nothing else. (One that objects to a
+    sentence wherever it appears may see vanilla decoding write it again after a short searched segment.)"""
+    seen = []
+
+    def verdict(text: str) -> float:
+        if text == answer and not seen:
+            seen.append(text)
+            return FAIL
+        return PASS
+    return verdict
+
+
 def test_a_searched_segment_that_passes_is_sent_and_vanilla_resumes(smollm2, greedy):
     first, second, _ = sentences(greedy)
-    commits, answer, judgment, _, totals = run_gated(smollm2, fails_on(second))
+    commits, answer, judgment, _, totals = run_gated(smollm2, fails_once(first + second))
     assert judgment.outcome == "rewritten" and not judgment.replaced and totals.iterations > 0
     rewritten = judgment.sentences[1]
     assert (rewritten.searched, rewritten.replaced, rewritten.value) == (True, True, PASS)
@@ -145,3 +158,13 @@ def test_without_a_search_budget_a_flagged_sentence_is_refused_at_once(smollm2, 
     commits, answer, judgment, _, totals = run_gated(smollm2, fails_on(second), gated_search_budget=0)
     assert answer.text == first + " " + REFUSAL_TEXT and totals.iterations == 0
     assert judgment.sentences[-1].searched is False and judgment.outcome == "refused"
+
+
+def test_front_loading_makes_the_first_token_sets_the_searchs_then_vanilla_follows(smollm2):
+    commits, answer, judgment, _, totals = run_gated(smollm2, lambda text: PASS, max_new_tokens=12, gated_front_load=2)
+    first = judgment.sentences[0]
+    assert (first.searched, first.replaced, first.flagged_value) == (True, False, None) and totals.iterations > 0
+    assert judgment.outcome == "rewritten" and commits[0].text == first.text and judgment.values[0] == PASS
+    assert len(commits[0].token_ids) == 1 + 2  # the search's first two sets: one token, then two (RainConfig.set_sizes)
+    resumed = vanilla(smollm2, max_new_tokens=12, resume=Resume((tuple(commits[0].token_ids),)))
+    assert answer.text == resumed.text
