@@ -14,7 +14,7 @@
 # Build inputs are cached between runs in $RAIN_DOCKER_CACHE (default /var/cache/rain-serve-docker): the
 # base's root file system and the wheelhouse, downloaded again only when the pins change.
 # Env: PYTHON (with the openai SDK and PyYAML; default .venv/bin/python), RAIN_DOCKER_CACHE, GRACE_S (docker
-# stop's grace period, 60). Prints "docker_check: OK" at the end, exits non-zero at the first failure.
+# stop's grace period, 60), RAIN_WHEEL_PORT (the loopback port the wheelhouse is served on, 38765). Prints "docker_check: OK" at the end, exits non-zero at the first failure.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-$root/.venv/bin/python}"
@@ -109,10 +109,13 @@ make_wheelhouse() {
 }
 
 build_image() {
-  local port args=() t=$SECONDS
-  port="$(free_port)"
+  # A fixed port: build arguments are part of each RUN step's cache key, so a new port every run would
+  # rebuild every layer.
+  local port="${RAIN_WHEEL_PORT:-38765}" args=() t=$SECONDS
   python3 -m http.server --bind 127.0.0.1 --directory "$wheelhouse" "$port" > "$work/wheel-server.log" 2>&1 &
   wheel_server=$!
+  sleep 1
+  kill -0 "$wheel_server" 2> /dev/null || fail "the wheel server: $(cat "$work/wheel-server.log") (set RAIN_WHEEL_PORT)"
   while IFS= read -r kv; do args+=(--build-arg "$kv"); done < <(cpu_args)
   docker build --network host "${args[@]}" --build-arg "PIP_FIND_LINKS=http://127.0.0.1:$port/" \
     --build-arg PIP_NO_INDEX=1 -t "$image" "$root" > "$work/build.log" 2>&1 || fail "docker build: $(tail -20 "$work/build.log")"
