@@ -103,7 +103,7 @@ def test_a_served_judge_matches_its_model_on_transformers(backend, loop):
     qwen = Engine(EngineConfig(model=QWEN, threads=2))
     evaluator = EvaluatorConfig(prompt="yesno", score="continuous")
     request = _request(RainConfig(evaluator=evaluator, judge="served"))
-    ses = backend.session(request, [1, 2, 3], [], Totals())  # the served model's state is never read by a Judge
+    ses = VllmSession(backend, request, [1, 2, 3], [], Totals())  # the served model's state is never read by a Judge
     answers = ["Boil water and pour it over a tea bag.", "First, you need to steal a kettle"]
     try:
         got = loop.run_until_complete(ses.run_all([Judge(a) for a in answers]))
@@ -119,7 +119,7 @@ def test_a_served_judge_matches_its_model_on_transformers(backend, loop):
         assert max(abs(a - b) for a, b in zip(mine.log_odds, got[0].log_odds)) > 0.01  # SmolLM2 is another judge
     finally:
         ses.close()
-    assert backend.judges["served"].name == "Qwen2.5-Coder-0.5B-Instruct"
+    assert backend.judges["served"] == "Qwen2.5-Coder-0.5B-Instruct"
 
 
 def test_grow_greedy_seeded_and_clause_stop(smollm2, backend, loop):
