@@ -13,6 +13,7 @@ says), not in a cache another checkout shares: the first server of a fresh clone
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -158,3 +159,12 @@ def launch_server():
     """`start_server` for test modules that need a server with other flags (conftest is not importable
     by name from every directory): `with launch_server("--backend", backend, "--workers", "2") as server: ...`."""
     return start_server
+
+
+@pytest.fixture(scope="module")
+def loop():
+    """One event loop for a module that drives a vLLM engine in process: the engine's output handler lives on
+    the loop of its first request."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()

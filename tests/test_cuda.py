@@ -6,7 +6,6 @@ full recompute on probabilities, not bit for bit.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -113,14 +112,6 @@ def test_the_similarity_update_takes_the_embedders_vectors(engine):
 LOGPROB_TOLERANCE = 0.25  # nats, a token's log-prob on the two engines
 LOG_ODDS_TOLERANCE = 0.35  # nats: a judge's log-odds is the difference of two log-probs
 TOP = 10
-
-
-@pytest.fixture(scope="module")
-def loop():
-    """One event loop for the module: the engine's output handler lives on the loop of its first request."""
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.fixture(scope="module")

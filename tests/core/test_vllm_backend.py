@@ -31,13 +31,6 @@ TOL = 1e-3
 
 
 @pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
 def backend(loop):
     environ = dict(os.environ)
     b = VllmBackend(EngineConfig(judge_model=QWEN), enforce_eager=True)
