@@ -26,8 +26,8 @@ from rain_core.config import GenerationRequest, Resume
 from rain_core.events import FinishReason
 
 from .errors import ApiError
-from .protocol import (HEARTBEAT_S, Cancel, Cancelled, Delta, Done, Failed, FromWorker, Ready, Shutdown, Speed, Submit,
-                       WorkerConfig)
+from .protocol import (HEARTBEAT_S, Cancel, Cancelled, Delta, Done, Failed, FromWorker, Heartbeat, Ready, Shutdown,
+                       Speed, Submit, WorkerConfig)
 from .supervisor import CRASH_LOOP_DEATHS, Reader, WorkerSlot, kill_group
 
 log = logging.getLogger("rain_serve.pool")
@@ -219,6 +219,8 @@ class Pool:
             self._dispatch()
         elif isinstance(message, Speed):
             slot.speed = message
+        elif isinstance(message, Heartbeat):
+            pass  # heard: last_heard is all it says
         elif (job := self.running.get(message.id)) is not None:
             if isinstance(message, Delta):
                 job.sets.append(message.token_ids)
