@@ -81,6 +81,7 @@ class Engine:
         self.vocab = self.backend.vocab
         self.model_name = self.backend.model_name
         self.context_length = self.backend.context_length
+        self._loop: Optional[asyncio.AbstractEventLoop] = None  # events()/complete(): kept, as vLLM's client is bound to one
 
     @property
     def tokenizer(self):
@@ -187,8 +188,8 @@ class Engine:
         return finish
 
     def run(self, coroutine):
-        """Run a coroutine on this engine's own event loop (kept, as vLLM's engine client is bound to one)."""
-        if getattr(self, "_loop", None) is None:
+        """Run a coroutine on this engine's own event loop."""
+        if self._loop is None:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(coroutine)
 
