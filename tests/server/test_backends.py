@@ -128,16 +128,18 @@ def test_vllm_judges_with_the_served_judge_model(judged_server):
 
 
 @vllm_only
-def test_vllm_batches_concurrent_requests(rain_server):
-    before = scrape(rain_server.base_url)
-    answers(rain_server, [chat_body(p, max_tokens=16, **VANILLA) for p in PROMPTS], concurrent=True)
-    after = scrape(rain_server.base_url)
+def test_vllm_batches_concurrent_requests(judged_server):
+    """Eight requests at once on a worker with vLLM's 64 slots: they all run together, so the engine's
+    steps carry several rows each (one request at a time would be one row a step)."""
+    before = scrape(judged_server.base_url)
+    answers(judged_server, [chat_body(p, max_tokens=16, **VANILLA) for p in PROMPTS], concurrent=True)
+    after = scrape(judged_server.base_url)
 
     def grew(name):
         return metric(after, name, model=MODEL) - metric(before, name, model=MODEL)
 
     steps, rows = grew("rain_engine_steps_total"), grew("rain_engine_batch_rows_total")
-    assert steps > 0 and rows / steps > 1.5  # eight requests shared the engine's steps
+    assert steps > 0 and rows / steps > 2, (rows, steps)
     assert grew("rain_engine_batch_tokens_total") >= 8 * 16
 
 

@@ -51,11 +51,14 @@ def content_chunks(chunks: list[dict]) -> int:
 
 
 def test_a_full_queue_is_a_429_and_the_timeout_counts_queue_time(strict_server):
-    """With the only slot busy and the queue full, the next request is refused, streamed or not. The busy
-    one times out in-band (its stream had started); the queued one's timeout counted from its arrival, so
-    once the slot is free it streams for the little time it has left, far less than the first one did."""
+    """With the only slot held by a search that cannot end by itself and the queue full, the next request
+    is refused, streamed or not. The search times out; the queued story's timeout counted from its
+    arrival, so once the slot is free it streams for the little time it has left: far less than the same
+    story streamed alone, first, with a whole timeout (or before it ended)."""
     idle(strict_server)
-    running = keyed_stream(strict_server, LONG)
+    alone = keyed_stream(strict_server, LONG).chunks
+    idle(strict_server)
+    running = keyed_stream(strict_server, {**LONG, **ENDLESS_RAIN})
     strict_server.wait_for(lambda h: h["running"] == 1, timeout_s=HANG_S, what="the first request to run")
     queued = keyed_stream(strict_server, LONG)
     strict_server.wait_for(lambda h: h["waiting"] == 1, timeout_s=HANG_S, what="the second request to queue")
@@ -73,8 +76,8 @@ def test_a_full_queue_is_a_429_and_the_timeout_counts_queue_time(strict_server):
     for chunks in (first, second):
         assert chunks[-1] == {"error": chunks[-1]["error"]}
         assert chunks[-1]["error"]["code"] == "request_timeout" and chunks[-1]["error"]["type"] == "timeout_error"
-    assert content_chunks(first) > 1  # it had streamed tokens before the timeout
-    assert content_chunks(second) < content_chunks(first) / 2, (content_chunks(second), content_chunks(first))
+    assert content_chunks(alone) > 1
+    assert content_chunks(second) < content_chunks(alone) / 2, (content_chunks(second), content_chunks(alone))
     idle(strict_server)
 
 

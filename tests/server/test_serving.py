@@ -4,6 +4,7 @@ No clock decides a result here: a test checks an order of events, with generatio
 their own while the test looks (a search of 10,000 iterations per set), and waits only to bound a hang."""
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -119,17 +120,21 @@ def test_metrics_cover_every_family(rain_server, backend):
     base = rain_server.base_url
     client = rain_server.client()
     idle(rain_server)
-    before = scrape(base)
-    assert httpx.post(base + "/v1/chat/completions", json={"model": MODEL}, timeout=10).status_code == 400
-    # three streams on two slots: one waits
-    body = chat_body("Count to twenty.", max_tokens=16, stream=True, **VANILLA)
-    with ThreadPoolExecutor(3) as pool:
-        streams = [pool.submit(lambda: httpx.post(base + "/v1/chat/completions", json=body, timeout=HANG_S))
-                   for _ in range(3)]
+    # three searches that cannot end by themselves on two slots: one waits; closing their streams cancels them
+    with contextlib.ExitStack() as held:
+        for _ in range(3):
+            held.enter_context(httpx.stream("POST", base + "/v1/chat/completions", timeout=HANG_S,
+                                            json=chat_body(LONG, max_tokens=2000, stream=True, **ENDLESS_RAIN)))
         rain_server.wait_for(lambda h: h["running"] == 2 and h["waiting"] == 1, what="two running, one waiting")
         busy = scrape(base)
         assert [metric(busy, f"rain_{n}") for n in ("requests_running", "requests_waiting", "workers_alive")] == [2, 1, 1]
-        assert all(s.result().status_code == 200 for s in streams)
+    idle(rain_server)
+    before = scrape(base)
+    assert httpx.post(base + "/v1/chat/completions", json={"model": MODEL}, timeout=10).status_code == 400
+    body = chat_body("Count to twenty.", max_tokens=16, stream=True, **VANILLA)
+    with ThreadPoolExecutor(3) as pool:
+        streams = list(pool.map(lambda _: httpx.post(base + "/v1/chat/completions", json=body, timeout=HANG_S), range(3)))
+    assert all(s.status_code == 200 for s in streams)
     rain = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi!"}], max_tokens=3,
                                           extra_body=TINY_RAIN)
     after = scrape(base)
