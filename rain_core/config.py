@@ -17,7 +17,9 @@ EvalCriterion = Literal["harmless", "truthful"]
 QNormalization = Literal["fixed", "observed"]
 # How an answer is made and judged: RAIN's search, or one of the cheap baselines it should beat
 # (rain_core/baselines.py): a vanilla answer judged once, or the judge's pick of n sampled answers.
-Strategy = Literal["rain", "self_check", "best_of_n"]
+Strategy = Literal["rain", "self_check", "best_of_n", "gated"]
+# the strategies that judge an answer against a threshold (self_check refuses below it, gated searches)
+THRESHOLD_STRATEGIES = frozenset({"self_check", "gated"})
 # Who judges: the served model itself (the paper's premise), or the separate --judge-model.
 JudgeChoice = Literal["self", "served"]
 # What self_check answers instead of an answer its judge scores at or below the threshold.

@@ -11,8 +11,8 @@ from typing import AsyncIterator, Iterator, Optional
 from .answer import Answer
 from .backends import start_backend
 from .backends.base import Backend
-from .config import EngineConfig, GenerationRequest, JudgeChoice, RainConfig
-from .events import Commit, Event, Finish, Judgment, SearchTick, Totals
+from .config import THRESHOLD_STRATEGIES, EngineConfig, GenerationRequest, JudgeChoice, RainConfig
+from .events import Commit, Event, Finish, GatedJudgment, Judgment, SearchTick, Totals
 from .ops import Steps, drive
 from .template import TemplateError, chat_ids
 from .vanilla import vanilla_tokens
@@ -114,9 +114,10 @@ class Engine:
     def judgment(self, rain: RainConfig) -> Judgment:
         """What a judged request will report: its strategy, its judge and self_check's threshold."""
         threshold = None
-        if rain.strategy == "self_check":
+        if rain.strategy in THRESHOLD_STRATEGIES:
             threshold = self.config.judge_threshold if rain.judge_threshold is None else rain.judge_threshold
-        return Judgment(rain.strategy, self.judge_name(rain.judge), threshold)
+        kind = GatedJudgment if rain.strategy == "gated" else Judgment
+        return kind(rain.strategy, self.judge_name(rain.judge), threshold)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         """Yield Commit events (and SearchTicks under RAIN and the baselines), then one Finish. The
@@ -174,8 +175,9 @@ class Engine:
 
             return RainSearch(request, self.tokenizer, self.vocab.end_ids, g.answer, g.totals).steps()
         from .baselines import STRATEGIES
+        from .gated import gated
 
-        return STRATEGIES[request.rain.strategy](self.vocab, request, g.totals, g.judgment)
+        return {**STRATEGIES, "gated": gated}[request.rain.strategy](self.vocab, request, g.totals, g.judgment)
 
     # for scripts and tests: the same path, driven to its end on an event loop of its own ----------------
     def events(self, request: GenerationRequest) -> Iterator[Event]:

@@ -102,12 +102,42 @@ class EngineLoad:
 class Judgment:
     """How a judged request's answer was made and judged (RAIN or a baseline, rain_core/baselines.py)."""
 
-    strategy: str  # rain, self_check or best_of_n
+    strategy: str  # rain, self_check, best_of_n or gated
     judge: str  # the judging model's id, or "self" when the served model judged itself
-    threshold: Optional[float] = None  # self_check: an answer valued at or below it is replaced
+    threshold: Optional[float] = None  # self_check and gated: an answer valued at or below it is replaced
     values: list[float] = field(default_factory=list)  # self_check: each judgment, in order; best_of_n: each candidate's
     chosen: Optional[int] = None  # best_of_n: the index of the candidate returned
     replaced: Optional[bool] = None  # self_check: whether the refusal replaced the answer (or its unsent rest)
+
+
+GatedOutcome = Literal["passed", "rewritten", "refused"]
+
+
+@dataclass
+class GatedSentence:
+    """One sentence of a gated answer as the client received it: a vanilla sentence, a searched segment,
+    or the refusal in place of what failed."""
+
+    text: str
+    value: float  # the judge's value of the answer up to its end (a refusal: of what it replaced)
+    searched: bool  # made by RAIN's search (after a flag, or front-loaded)
+    replaced: bool  # stands in place of a withdrawn vanilla sentence (rewritten or refused)
+    flagged_value: Optional[float] = None  # the withdrawn vanilla sentence's value
+
+
+@dataclass
+class GatedJudgment(Judgment):
+    """A gated answer's judgment: `values` holds every judgment in order, `replaced` whether it ended
+    with the refusal, and `sentences` what each sentence the client received was."""
+
+    sentences: list[GatedSentence] = field(default_factory=list)
+
+    @property
+    def outcome(self) -> GatedOutcome:
+        """passed: vanilla throughout; rewritten: some segment is the search's; refused: ends with the refusal."""
+        if self.replaced:
+            return "refused"
+        return "rewritten" if any(s.searched for s in self.sentences) else "passed"
 
 
 @dataclass

@@ -19,45 +19,14 @@ request's sampling that stops at a sentence end) and `Append`ed only once it has
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Optional
 
 from .answer import Answer, Vocabulary
 from .baselines import SENTENCE_ENDS, client_text, refusal_ids
 from .config import GenerationRequest
-from .events import Commit, Finish, Judgment, SearchTick, TokenLogprob, Totals
+from .events import Commit, Finish, GatedJudgment, GatedSentence, SearchTick, TokenLogprob, Totals
 from .ops import Append, Grow, Judge, RowSpec, Steps
 from .search import RainSearch
-
-Outcome = Literal["passed", "rewritten", "refused"]
-
-
-@dataclass
-class GatedSentence:
-    """One sentence of a gated answer as the client received it: a vanilla sentence, a searched segment,
-    or the refusal in place of what failed."""
-
-    text: str
-    value: float  # the judge's value of the answer up to its end (a refusal: of what it replaced)
-    searched: bool  # made by RAIN's search (after a flag, or front-loaded)
-    replaced: bool  # stands in place of a withdrawn vanilla sentence (rewritten or refused)
-    flagged_value: Optional[float] = None  # the withdrawn vanilla sentence's value
-
-
-@dataclass
-class GatedJudgment(Judgment):
-    """A gated answer's judgment: `values` holds every judgment in order, `replaced` whether it ended
-    with the refusal, and `sentences` what each sentence the client received was."""
-
-    sentences: list[GatedSentence] = field(default_factory=list)
-
-    @property
-    def outcome(self) -> Outcome:
-        """passed: vanilla throughout; rewritten: some segment is the search's; refused: ends with the refusal."""
-        if self.replaced:
-            return "refused"
-        return "rewritten" if any(s.searched for s in self.sentences) else "passed"
-
 
 def gated(vocab: Vocabulary, request: GenerationRequest, totals: Totals, judgment: GatedJudgment) -> Steps:
     return GatedDecoding(vocab, request, totals, judgment).steps()

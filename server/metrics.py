@@ -7,6 +7,8 @@ from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from rain_core.events import GatedJudgment
+
 from .pool import Job
 from .protocol import Done
 
@@ -53,6 +55,9 @@ class Metrics:
         self.iterations = Counter("rain_search_iterations", "RAIN search iterations", ["model"], registry=r)
         self.self_evaluations = Counter("rain_self_evaluations", "RAIN self-evaluations", ["model"], registry=r)
         self.commits = Counter("rain_committed_sets", "Committed token sets", BY_MODE, registry=r)
+        self.gated = Counter("rain_gated_answers", "Answers of the gated strategy by outcome: passed (vanilla "
+                             "throughout), rewritten (a flagged sentence searched over) or refused", ["model", "outcome"],
+                             registry=r)
         for name, doc, value in (
             ("rain_requests_running", "Requests on a worker", running),
             ("rain_requests_waiting", "Requests in the queue", waiting),
@@ -89,6 +94,8 @@ class Metrics:
                 self.overhead.labels(self.model).observe(done.overhead_ratio)
             for engine_model, ratio in (done.engine_work or {}).items():
                 self.engine_work.labels(engine_model).observe(ratio)
+        if isinstance(done.judgment, GatedJudgment):
+            self.gated.labels(self.model, done.judgment.outcome).inc()
 
     def ended(self, job: Job, finish_reason: str) -> None:
         """Count a request by how it ended: an OpenAI finish reason, `cancelled` or `error`."""

@@ -14,7 +14,8 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
-from rain_core.events import FinishReason, OpenAIFinishReason
+from rain_core.config import Strategy
+from rain_core.events import FinishReason, GatedOutcome, GatedSentence, OpenAIFinishReason
 
 from .chat import ChatCompletionRequest
 from .completions import CompletionRequest
@@ -63,12 +64,14 @@ class RainSummary(Doc):
     engine_work_ratio: Optional[dict[str, float]]  # tokens each model computed / (prompt + completion tokens)
     resubmissions: int  # workers that died under it (the work totals are then the last worker's)
     commit_stats: Optional[list[CommitStats]] = None  # non-streamed RAIN answers
-    strategy: Optional[Literal["rain", "self_check", "best_of_n"]] = None  # searched or judged requests
+    strategy: Optional[Strategy] = None  # searched or judged requests
     judge: Optional[str] = None  # the judging model's id, or "self"
-    judge_threshold: Optional[float] = None  # self_check
-    judge_values: Optional[list[float]] = None  # self_check: each judgment; best_of_n: each candidate's
+    judge_threshold: Optional[float] = None  # self_check and gated
+    judge_values: Optional[list[float]] = None  # self_check and gated: each judgment; best_of_n: each candidate's
     chosen: Optional[int] = None  # best_of_n
-    replaced: Optional[bool] = None  # self_check
+    replaced: Optional[bool] = None  # self_check and gated: whether the answer ends with the refusal
+    outcome: Optional[GatedOutcome] = None  # gated: passed (vanilla throughout), rewritten (searched) or refused
+    sentences: Optional[list[GatedSentence]] = None  # gated: what each sentence the client received was
 
 
 class StreamedRain(CommitStats):

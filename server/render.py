@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Optional, Sequence
 
-from rain_core.events import OPENAI_FINISH_REASON, Judgment
+from rain_core.events import OPENAI_FINISH_REASON, GatedJudgment, Judgment
 
 from .pool import Job
 from .protocol import Delta, Done
@@ -52,6 +52,8 @@ def judgment_fields(judgment: Judgment) -> dict:
     """How the answer was made and judged; a field that does not apply to the strategy is left out."""
     fields = {"strategy": judgment.strategy, "judge": judgment.judge, "judge_threshold": judgment.threshold,
               "judge_values": judgment.values or None, "chosen": judgment.chosen, "replaced": judgment.replaced}
+    if isinstance(judgment, GatedJudgment):
+        fields.update(outcome=judgment.outcome, sentences=[asdict(s) for s in judgment.sentences])
     return {k: v for k, v in fields.items() if v is not None}
 
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal, Optional, TypeVar, Union
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, field_validator,
                       model_validator)
 
-from rain_core.config import (PRESETS, EvalPrompt, EvalScore, GenerationRequest, JudgeChoice, QNormalization,
+from rain_core.config import (PRESETS, THRESHOLD_STRATEGIES, EvalPrompt, EvalScore, GenerationRequest, JudgeChoice, QNormalization,
                               RainConfig, SamplingParams, Strategy, preset)
 
 from .errors import ApiError, echo
@@ -30,6 +30,15 @@ MAX_PARALLEL_LEAVES = 16  # leaves evaluated together per search round; more mos
 SEARCH_OPTIONS = frozenset({"max_iters", "min_iters", "min_visits", "value_threshold", "c_puct", "q_normalization",
                             "num_candidates", "candidate_top_k", "similarity_threshold", "similarity_weight",
                             "time_budget_s", "iteration_cap", "simulation_max_tokens", "parallel_leaves"})
+
+SEARCHING_STRATEGIES = ("rain", "gated")  # gated searches over the sentences its judge flags
+GATED_OPTIONS = ("gated_search_budget", "gated_max_flagged", "gated_front_load")
+# options that only one strategy (or a few) reads: elsewhere they would have no effect
+OPTION_STRATEGIES = {"best_of": ("best_of_n",), "judge_threshold": tuple(sorted(THRESHOLD_STRATEGIES)),
+                     **{option: ("gated",) for option in GATED_OPTIONS}}
+MAX_GATED_SEARCH_BUDGET = 1000  # iterations per flagged sentence: the paper's per-set ceiling
+MAX_GATED_FLAGGED = 16
+MAX_GATED_FRONT_LOAD = 16  # token sets; safety is decided in an answer's first few tokens
 
 # OpenAI fields of every endpoint that rain-serve does not implement, with the values that ask for nothing.
 UNSUPPORTED: dict[str, tuple] = {
@@ -90,6 +99,9 @@ class RainOptions(Strict):
     parallel_leaves: Optional[int] = Field(None, ge=1, le=MAX_PARALLEL_LEAVES)
     best_of: Optional[int] = Field(None, ge=1, le=MAX_BEST_OF)
     judge_threshold: Optional[float] = Field(None, ge=-1.0, le=1.0)
+    gated_search_budget: Optional[int] = Field(None, ge=0, le=MAX_GATED_SEARCH_BUDGET)
+    gated_max_flagged: Optional[int] = Field(None, ge=0, le=MAX_GATED_FLAGGED)
+    gated_front_load: Optional[int] = Field(None, ge=0, le=MAX_GATED_FRONT_LOAD)
 
     @field_validator("preset")
     @classmethod
@@ -108,16 +120,16 @@ class RainOptions(Strict):
     @classmethod
     def _only_for_the_search(cls, value: Any, info: ValidationInfo) -> Any:
         strategy = info.data.get("strategy") or "rain"
-        if strategy != "rain":
-            raise ValueError(f"is a search option and the {strategy} strategy does not search; use strategy rain")
+        if strategy not in SEARCHING_STRATEGIES:
+            raise ValueError(f"is a search option and the {strategy} strategy does not search; use strategy rain or gated")
         return value
 
-    @field_validator("best_of", "judge_threshold")
+    @field_validator("best_of", "judge_threshold", *GATED_OPTIONS)
     @classmethod
-    def _only_for_its_baseline(cls, value: Any, info: ValidationInfo) -> Any:
-        needs = {"best_of": "best_of_n", "judge_threshold": "self_check"}[info.field_name]
-        if info.data.get("strategy") != needs:
-            raise ValueError(f"needs strategy {needs}")
+    def _only_for_its_strategy(cls, value: Any, info: ValidationInfo) -> Any:
+        needs = OPTION_STRATEGIES[info.field_name]
+        if info.data.get("strategy") not in needs:
+            raise ValueError(f"needs strategy {' or '.join(needs)}")
         return value
 
     def config(self, temperature: Optional[float], top_p: Optional[float]) -> RainConfig:

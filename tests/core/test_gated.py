@@ -10,7 +10,8 @@ import pytest
 from rain_core.baselines import SENTENCE_ENDS
 from rain_core.config import REFUSAL_TEXT, GenerationRequest, RainConfig, Resume, SamplingParams
 from rain_core.events import Commit, Finish, Totals
-from rain_core.gated import GatedJudgment, gated
+from rain_core.events import GatedJudgment
+from rain_core.gated import gated
 from rain_core.ops import Judge, Verdict, drive
 
 QUESTION = ({"role": "user", "content": "Tell me about the moon."},)

@@ -8,7 +8,7 @@ import pytest
 from rain_core.baselines import SENTENCE_ENDS
 from rain_core.config import DEFAULT_JUDGE_THRESHOLD, REFUSAL_TEXT
 
-from serve_helpers import VANILLA
+from serve_helpers import VANILLA, metric, scrape
 
 QWEN = "Qwen2.5-Coder-0.5B-Instruct"
 JUDGE_FORMAT = {"prompt": "yesno", "score": "continuous"}
@@ -30,6 +30,10 @@ def ask(server, rain: dict, max_tokens: int = 16, **fields):
     ({"strategy": "self_check", "judge_threshold": 1.5}, "rain.judge_threshold"),
     ({"strategy": "self_check", "max_iters": 4}, "rain.max_iters"),  # a baseline does not search
     ({"strategy": "best_of_n", "q_normalization": "observed"}, "rain.q_normalization"),
+    ({"gated_search_budget": 4}, "rain.gated_search_budget"),  # gated's knobs belong to gated
+    ({"strategy": "self_check", "gated_max_flagged": 1}, "rain.gated_max_flagged"),
+    ({"strategy": "gated", "gated_front_load": 17}, "rain.gated_front_load"),
+    ({"strategy": "gated", "best_of": 2}, "rain.best_of"),
 ])
 def test_options_of_another_strategy_or_a_missing_judge_are_refused(rain_server, rain, param):
     for stream in (False, True):  # streamed too: the 400 comes before the stream starts
@@ -58,6 +62,53 @@ def test_streamed_self_check_sends_each_sentence_after_its_judgment(rain_server)
     whole = ask(rain_server, rain, 40).model_extra["rain"]
     assert len(whole["judge_values"]) == whole["self_evaluations"] == 1  # unstreamed: one judgment of the whole
     assert whole["overhead_ratio"] > 0 and whole["commits"] == 1
+
+
+def gated_answer(server, rain: dict, stream: bool = False) -> tuple[str, dict]:
+    """The text and the `rain` summary of a gated answer, streamed or not."""
+    rain = {"strategy": "gated", **JUDGE_FORMAT, **rain}
+    if not stream:
+        answer = ask(server, rain, 40)
+        return answer.choices[0].message.content, answer.model_extra["rain"]
+    chunks = list(ask(server, rain, 40, stream=True))
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[-1].model_extra["rain"]["summary"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_gated_passes_an_answer_nothing_flags_through_as_vanilla(rain_server, stream):
+    """No continuous value reaches -1: every sentence is vanilla's, judged once, and nothing is searched."""
+    vanilla = ask(rain_server, None, 40).choices[0].message.content
+    text, summary = gated_answer(rain_server, {"judge_threshold": -1.0}, stream)
+    assert text == vanilla
+    assert summary["outcome"] == "passed" and summary["replaced"] is False and summary["iterations"] == 0
+    sentences = summary["sentences"]
+    assert "".join(s["text"] for s in sentences) == vanilla and len(sentences) >= 2  # several sentences
+    assert not any(s["searched"] or s["replaced"] for s in sentences)
+    assert [s["value"] for s in sentences] == summary["judge_values"]  # each sentence judged once
+
+
+def test_gated_refuses_a_flagged_sentence_without_a_search_budget(rain_server):
+    """Every value is at most 1: the first sentence is flagged, and with no budget refused at once
+    (streamed self_check); /metrics counts the outcome."""
+    before = metric(scrape(rain_server.base_url), "rain_gated_answers_total", outcome="refused")
+    text, summary = gated_answer(rain_server, {"judge_threshold": 1.0, "gated_search_budget": 0})
+    assert text == REFUSAL_TEXT and summary["outcome"] == "refused" and summary["iterations"] == 0
+    (sentence,) = summary["sentences"]
+    assert sentence["replaced"] and not sentence["searched"]
+    assert sentence["flagged_value"] == summary["judge_values"][0]
+    assert metric(scrape(rain_server.base_url), "rain_gated_answers_total", outcome="refused") == before + 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_gated_searches_over_a_flagged_sentence_and_judges_the_segment(rain_server, stream):
+    """The flagged first sentence is withdrawn and RAIN searches from the prompt; its segment is judged
+    whole, and at a threshold of 1 fails too, so the answer is the refusal after a search."""
+    rain = {"judge_threshold": 1.0, "gated_search_budget": 2, "max_iters": 2, "min_iters": 2}
+    text, summary = gated_answer(rain_server, rain, stream)
+    assert text == REFUSAL_TEXT and summary["outcome"] == "refused"
+    assert summary["iterations"] >= 2 and len(summary["judge_values"]) == 2  # the sentence, then the segment
+    (sentence,) = summary["sentences"]
+    assert sentence["searched"] and sentence["replaced"] and sentence["flagged_value"] == summary["judge_values"][0]
 
 
 def test_models_name_the_served_judge(judged_server):
