@@ -26,7 +26,8 @@ def test_openai_sdk(rain_server):
                                             max_tokens=4, extra_body=TINY_RAIN)
     assert answer.model_extra["rain"]["enabled"] and answer.usage.completion_tokens >= 1
     stream = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": QUESTION}],
-                                            max_tokens=4, stream=True, stream_options={"include_usage": True})
+                                            max_tokens=4, stream=True, stream_options={"include_usage": True},
+                                            extra_body=TINY_RAIN)
     *_, last = stream
     assert last.usage.completion_tokens >= 1
     assert client.responses.create(model="smollm2", input=QUESTION, max_output_tokens=4, extra_body=TINY_RAIN).output_text
@@ -46,7 +47,7 @@ def test_langchain_openai(base):
     assert "".join(c.content for c in chunks) and sum(c.usage_metadata["output_tokens"] for c in chunks
                                                       if c.usage_metadata) >= 1
     responses = ChatOpenAI(base_url=base, api_key="unused", model="smollm2", max_tokens=4, max_retries=0,
-                           use_responses_api=True).invoke(QUESTION)
+                           extra_body=TINY_RAIN, use_responses_api=True).invoke(QUESTION)
     assert responses.text and responses.usage_metadata["output_tokens"] >= 1
     with pytest.raises(openai.BadRequestError):
         ChatOpenAI(base_url=base, api_key="unused", model="smollm2", max_retries=0, extra_body=BAD_RAIN).invoke("x")
@@ -55,9 +56,9 @@ def test_langchain_openai(base):
 def test_litellm(base):
     import litellm
 
-    common = dict(model="openai/smollm2", api_base=base, api_key="unused", num_retries=0)
-    answer = litellm.completion(messages=[{"role": "user", "content": QUESTION}], max_tokens=4, extra_body=TINY_RAIN,
-                                **common)
+    # every request carries the rain object (a short search): the server's default mode is RAIN's full search
+    common = dict(model="openai/smollm2", api_base=base, api_key="unused", num_retries=0, extra_body=TINY_RAIN)
+    answer = litellm.completion(messages=[{"role": "user", "content": QUESTION}], max_tokens=4, **common)
     assert answer.choices[0].message.content and answer.usage.completion_tokens >= 1
     chunks = list(litellm.completion(messages=[{"role": "user", "content": QUESTION}], max_tokens=4, stream=True,
                                      stream_options={"include_usage": True}, **common))
@@ -66,4 +67,4 @@ def test_litellm(base):
     response = litellm.responses(input=QUESTION, max_output_tokens=4, **common)
     assert response.output_text
     with pytest.raises(litellm.BadRequestError):
-        litellm.completion(messages=[{"role": "user", "content": "x"}], extra_body=BAD_RAIN, **common)
+        litellm.completion(messages=[{"role": "user", "content": "x"}], **{**common, "extra_body": BAD_RAIN})

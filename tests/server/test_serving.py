@@ -33,7 +33,7 @@ def test_stream_disconnect_frees_the_worker(rain_server, options):
     with httpx.stream("POST", rain_server.base_url + "/v1/chat/completions", json=body, timeout=60) as response:
         payloads = (line for line in response.iter_lines() if line.startswith("data: "))
         next(payloads)  # the role chunk: the generation runs (vanilla: its tokens follow; RAIN: mid-search)
-        assert rain_server.health()[1]["running"] == 1
+        rain_server.wait_for(lambda h: h["running"] == 1, what="the generation to run")  # (it cannot end by itself)
     idle(rain_server)
     answer = rain_server.client().chat.completions.create(model=MODEL, messages=body["messages"], max_tokens=4,
                                                           extra_body=VANILLA)
