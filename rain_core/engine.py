@@ -14,7 +14,7 @@ from .backends.base import Backend
 from .config import THRESHOLD_STRATEGIES, EngineConfig, GenerationRequest, JudgeChoice, RainConfig
 from .events import Commit, Event, Finish, GatedJudgment, Judgment, SearchTick, Totals
 from .ops import Steps, drive
-from .template import TemplateError, chat_ids
+from .template import LONE_SURROGATE, TemplateError, chat_ids
 from .vanilla import vanilla_tokens
 
 
@@ -50,8 +50,17 @@ def text_prompt_ids(tokenizer, text: str) -> list[int]:
 def request_ids(tokenizer, request: GenerationRequest) -> list[int]:
     """What the model is fed before the answer: the chat-templated messages, or a completion's text."""
     if request.prompt_text is not None:
+        _refuse_non_text(request.prompt_text, "prompt")
         return text_prompt_ids(tokenizer, request.prompt_text)
+    for i, message in enumerate(request.messages):
+        _refuse_non_text(message["content"], f"messages[{i}].content")
     return prompt_ids(tokenizer, request.messages)
+
+
+def _refuse_non_text(text: str, param: str) -> None:
+    """The server refuses these before a request is built; a library caller (rain-generate's argv) may not."""
+    if LONE_SURROGATE.search(text):
+        raise RequestError(f"{param} holds a lone UTF-16 surrogate, which is not text", param)
 
 
 def check_fits(context_length: int, prompt_tokens: int, max_new_tokens: int, param: str = "max_tokens",

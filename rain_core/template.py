@@ -20,6 +20,10 @@ _SENTINEL = "\x00rain-content-{}\x00"
 _SENTINELS = re.compile("\x00rain-content-(\\d+)\x00")
 
 
+# A lone UTF-16 surrogate (a JSON "\ud800" escape without its pair, or an undecodable byte in a command
+# line) is a code point that is no text: a tokenizer raises on it, and it cannot be written out as UTF-8.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
 # Tokens that open a new turn: an answer that reaches one has ended (the reference counted "Human:").
 TURN_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
 

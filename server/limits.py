@@ -3,17 +3,15 @@ NaN, Infinity, deep nesting or lone surrogates (prompts.py keeps the prompt's ow
 from __future__ import annotations
 
 import json
-import re
 from typing import Optional
 
 from starlette.requests import ClientDisconnect, Request
 
+from rain_core.template import LONE_SURROGATE
+
 from .errors import ApiError, ClientGone
 
 MAX_DEPTH = 32  # the deepest our request bodies go is about 5 (a message's content part's text)
-# A JSON escape such as "\ud800" without its pair decodes to a code point that is no text: a tokenizer
-# raises on it, and it cannot even be written back out as UTF-8.
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from rain_core import prompts
-from rain_core.config import EvaluatorConfig
-from rain_core.engine import RequestError, prompt_ids
+from rain_core.config import EvaluatorConfig, GenerationRequest
+from rain_core.engine import RequestError, prompt_ids, request_ids
 from rain_core.models import load_tokenizer, resolve
 from rain_core.judge_prompt import answer_ids, build_layout, render_conversation
 from rain_core.template import text_ids
@@ -136,3 +136,16 @@ def test_a_principle_is_text_too(smol_tokenizer):
     specials = special_ids(smol_tokenizer)
     assert Counter(i for i in fixed if i in specials) == Counter(i for i in plain if i in specials)
     assert cfg.principle in smol_tokenizer.decode(fixed)
+
+
+@pytest.mark.parametrize("request_fields, param", [
+    ({"messages": ({"role": "user", "content": "fine"}, {"role": "user", "content": "bad \udcff byte"})},
+     "messages[1].content"),
+    ({"messages": ({"role": "user", "content": "x"},), "prompt_text": "bad \ud800"}, "prompt"),
+])
+def test_a_lone_surrogate_is_a_request_error_naming_its_field(tokenizer, request_fields, param):
+    """What the server refuses with a 400 before a request is built, a library caller (rain-generate given an
+    undecodable byte on its command line) gets as the same RequestError, not the tokenizer's TypeError."""
+    with pytest.raises(RequestError) as caught:
+        request_ids(tokenizer, GenerationRequest(**request_fields))
+    assert caught.value.param == param and "surrogate" in str(caught.value)
