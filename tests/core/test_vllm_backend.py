@@ -17,7 +17,7 @@ from rain_core.backends.transformers import TransformersSession
 from rain_core.backends.vllm import CPU_BLOCK_SIZE, VllmBackend, VllmSession
 from rain_core.config import EngineConfig, EvaluatorConfig, GenerationRequest, RainConfig, SamplingParams
 from rain_core.events import Commit, Totals
-from rain_core.ops import Append, Embed, Grow, Judge, RowSpec, TopTokens, drive
+from rain_core.ops import Append, Decode, Embed, Grow, Judge, RowSpec, TopTokens, drive
 from rain_core.sampling import make_generator
 from rain_core.search import RainSearch
 from rain_core.text import ends_with_any
@@ -262,6 +262,22 @@ def test_close_aborts_requests_in_flight(smollm2, backend, loop):
             if backend.llm.get_num_unfinished_requests() == 0:
                 break
             await asyncio.sleep(0.1)
+        return backend.llm.get_num_unfinished_requests()
+
+    assert loop.run_until_complete(run()) == 0
+
+
+def test_a_decode_stream_closed_between_tokens_leaves_nothing_in_the_engine(smollm2, backend, loop):
+    """A vanilla answer given up between two of its tokens (its client gone, its timeout reached): the engine,
+    which runs ahead of the reader, has the stream's request aborted as the session closes."""
+    request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=400, seed=3))
+    ses = VllmSession(backend, request, smollm2.request_ids(request), [], Totals())
+
+    async def run():
+        for _ in range(2):
+            await ses.run(Decode())
+        assert backend.llm.get_num_unfinished_requests() == 1  # the stream, 398 tokens from its end
+        await ses.aclose()
         return backend.llm.get_num_unfinished_requests()
 
     assert loop.run_until_complete(run()) == 0
