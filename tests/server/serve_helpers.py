@@ -15,6 +15,11 @@ VANILLA = {"rain": {"enabled": False}}
 TINY_RAIN = {"rain": {"max_iters": 2, "min_iters": 2}}  # two iterations per commit keep RAIN tests short
 LONG = "Write a very long story about a clockmaker."  # an answer that runs to its max_tokens
 ENDLESS_RAIN = {"rain": {"max_iters": 10_000, "min_iters": 10_000}}  # its first set alone takes hours
+# An endless search's answer limit where a test times the requests after it: short, so its simulations are
+# short engine steps. vLLM on CPU prefills a prompt in one step that no abort cuts short: under a 2000-token
+# limit a search's judge prompts reached 1,300 tokens, and the engine stayed busy for seconds after the
+# request was cancelled, so the next request ran out of its timeout.
+ENDLESS_MAX_TOKENS = 64
 HANG_S = 300  # how long a wait may take before a test calls it a hang: a bound, not a measurement
 
 

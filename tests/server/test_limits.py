@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from serve_helpers import ENDLESS_RAIN, HANG_S, MODEL, Stream, chat_body, idle
+from serve_helpers import ENDLESS_MAX_TOKENS, ENDLESS_RAIN, HANG_S, MODEL, Stream, chat_body, idle
 
 KEY = "s3cret"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
@@ -50,6 +50,22 @@ def content_chunks(chunks: list[dict]) -> int:
     return sum(1 for c in chunks if c.get("choices") and c["choices"][0]["delta"].get("content"))
 
 
+# Before the full-queue test: on vLLM the engine stayed busy for seconds after that test's cancelled requests
+# (a 4-token answer then ran out of the 4 s timeout here; not yet explained, issue 37).
+def test_the_choices_of_a_request_are_admitted_all_or_none(strict_server):
+    """One free slot and a queue of one hold two choices, not three: three are refused as a whole, and
+    none of them runs or waits."""
+    idle(strict_server)
+    client = strict_server.client(api_key=KEY)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model=MODEL, messages=LONG["messages"], max_tokens=2000, n=3)
+    assert caught.value.code == "queue_full"
+    health = strict_server.health()[1]
+    assert (health["running"], health["waiting"]) == (0, 0)
+    answer = client.chat.completions.create(model=MODEL, messages=LONG["messages"], max_tokens=4, n=2)
+    assert [c.index for c in answer.choices] == [0, 1]
+
+
 def test_a_full_queue_is_a_429_and_the_timeout_counts_queue_time(strict_server):
     """With the only slot held by a search that cannot end by itself and the queue full, the next request
     is refused, streamed or not. The search times out; the queued story's timeout counted from its
@@ -58,7 +74,7 @@ def test_a_full_queue_is_a_429_and_the_timeout_counts_queue_time(strict_server):
     idle(strict_server)
     alone = keyed_stream(strict_server, LONG).chunks
     idle(strict_server)
-    running = keyed_stream(strict_server, {**LONG, **ENDLESS_RAIN})
+    running = keyed_stream(strict_server, {**LONG, "max_tokens": ENDLESS_MAX_TOKENS, **ENDLESS_RAIN})
     strict_server.wait_for(lambda h: h["running"] == 1, timeout_s=HANG_S, what="the first request to run")
     queued = keyed_stream(strict_server, LONG)
     strict_server.wait_for(lambda h: h["waiting"] == 1, timeout_s=HANG_S, what="the second request to queue")
@@ -81,26 +97,12 @@ def test_a_full_queue_is_a_429_and_the_timeout_counts_queue_time(strict_server):
     idle(strict_server)
 
 
-def test_the_choices_of_a_request_are_admitted_all_or_none(strict_server):
-    """One free slot and a queue of one hold two choices, not three: three are refused as a whole, and
-    none of them runs or waits."""
-    idle(strict_server)
-    client = strict_server.client(api_key=KEY)
-    with pytest.raises(openai.RateLimitError) as caught:
-        client.chat.completions.create(model=MODEL, messages=LONG["messages"], max_tokens=2000, n=3)
-    assert caught.value.code == "queue_full"
-    health = strict_server.health()[1]
-    assert (health["running"], health["waiting"]) == (0, 0)
-    answer = client.chat.completions.create(model=MODEL, messages=LONG["messages"], max_tokens=4, n=2)
-    assert [c.index for c in answer.choices] == [0, 1]
-
-
 def test_request_timeout_is_a_clear_error_and_stops_the_generation(strict_server):
     """A search that could not end by itself: the 504, then the free slot, show the timeout cancelled it."""
     idle(strict_server)
     with pytest.raises(openai.InternalServerError) as caught:
         strict_server.client(api_key=KEY).chat.completions.create(model=MODEL, messages=LONG["messages"],
-                                                                  max_tokens=2000, extra_body=ENDLESS_RAIN)
+                                                                  max_tokens=ENDLESS_MAX_TOKENS, extra_body=ENDLESS_RAIN)
     assert caught.value.status_code == 504 and caught.value.code == "request_timeout"
     assert "--request-timeout" in caught.value.message
     idle(strict_server)

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from serve_helpers import (ENDLESS_RAIN, HANG_S, MODEL, TINY_RAIN, VANILLA, Stream, chat_body, idle, metric, scrape,
+from serve_helpers import (ENDLESS_MAX_TOKENS, ENDLESS_RAIN, HANG_S, MODEL, TINY_RAIN, VANILLA, Stream, chat_body, idle, metric, scrape,
                            sse_payloads)
 
 LONG = "Write a very long story about a dragon who learns to cook."
@@ -124,7 +124,7 @@ def test_metrics_cover_every_family(rain_server, backend):
     with contextlib.ExitStack() as held:
         for _ in range(3):
             held.enter_context(httpx.stream("POST", base + "/v1/chat/completions", timeout=HANG_S,
-                                            json=chat_body(LONG, max_tokens=2000, stream=True, **ENDLESS_RAIN)))
+                                            json=chat_body(LONG, max_tokens=ENDLESS_MAX_TOKENS, stream=True, **ENDLESS_RAIN)))
         rain_server.wait_for(lambda h: h["running"] == 2 and h["waiting"] == 1, what="two running, one waiting")
         busy = scrape(base)
         assert [metric(busy, f"rain_{n}") for n in ("requests_running", "requests_waiting", "workers_alive")] == [2, 1, 1]

@@ -137,6 +137,24 @@ def test_best_of_n_with_the_served_judge_streams_its_pick_at_once(judged_server)
     assert summary["judge"] == QWEN and len(values) == 2 and summary["chosen"] == values.index(max(values))
 
 
+def test_gated_with_the_served_judge(judged_server):
+    """Qwen2.5-Coder-0.5B judges SmolLM2's sentences at the default threshold: every sentence the client
+    received carries the judge's value, a vanilla one passed it, and the outcome is counted in /metrics."""
+    before = scrape(judged_server.base_url)
+    vanilla = ask(judged_server, None, 40).choices[0].message.content
+    text, summary = gated_answer(judged_server, {"judge": "served", "gated_search_budget": 2, "max_iters": 2,
+                                                 "min_iters": 2})
+    assert summary["judge"] == QWEN and summary["judge_threshold"] == DEFAULT_JUDGE_THRESHOLD
+    sentences = summary["sentences"]
+    assert "".join(s["text"] for s in sentences) == text
+    assert all(s["value"] > DEFAULT_JUDGE_THRESHOLD for s in sentences if not s["replaced"])
+    assert summary["outcome"] in ("passed", "rewritten", "refused")
+    if summary["outcome"] == "passed":
+        assert text == vanilla
+    counted = metric(scrape(judged_server.base_url), "rain_gated_answers_total", outcome=summary["outcome"])
+    assert counted == metric(before, "rain_gated_answers_total", outcome=summary["outcome"]) + 1
+
+
 def test_rain_with_the_served_judge(judged_server):
     """The served judge's values drive the search: the same seeded search judged by SmolLM2 itself values
     its chosen sets otherwise."""
