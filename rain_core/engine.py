@@ -90,7 +90,8 @@ class Engine:
         self.vocab = self.backend.vocab
         self.model_name = self.backend.model_name
         self.context_length = self.backend.context_length
-        self._loop: Optional[asyncio.AbstractEventLoop] = None  # events()/complete(): kept, as vLLM's client is bound to one
+        # events() and complete() run on this one loop: vLLM's engine client is bound to the loop it started on
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
 
     @property
     def tokenizer(self):
@@ -121,7 +122,7 @@ class Engine:
 
     # generation ------------------------------------------------------------------------------
     def judgment(self, rain: RainConfig) -> Judgment:
-        """What a judged request will report: its strategy, its judge and self_check's threshold."""
+        """What a judged request will report: its strategy, its judge and the threshold self_check and gated apply."""
         threshold = None
         if rain.strategy in THRESHOLD_STRATEGIES:
             threshold = self.config.judge_threshold if rain.judge_threshold is None else rain.judge_threshold
@@ -175,7 +176,8 @@ class Engine:
         return Finish(g.answer.finish_reason or "stop", g.totals, g.answer.text, g.judgment)
 
     def strategy(self, g: Generation) -> Steps:
-        """The proposals of the request's strategy: vanilla tokens, RAIN's sets, or a baseline's answer."""
+        """The proposals of the request's strategy: vanilla tokens, RAIN's sets, a baseline's answer, or gated
+        decoding's judged sentences."""
         request = g.request
         if request.rain is None:
             return vanilla_tokens(request.params)
@@ -183,10 +185,13 @@ class Engine:
             from .search import RainSearch
 
             return RainSearch(request, self.tokenizer, self.vocab.end_ids, g.answer, g.totals).steps()
-        from .baselines import STRATEGIES
-        from .gated import gated
+        if request.rain.strategy == "gated":
+            from .gated import gated
 
-        return {**STRATEGIES, "gated": gated}[request.rain.strategy](self.vocab, request, g.totals, g.judgment)
+            return gated(self.vocab, request, g.totals, g.judgment)
+        from .baselines import STRATEGIES
+
+        return STRATEGIES[request.rain.strategy](self.vocab, request, g.totals, g.judgment)
 
     # for scripts and tests: the same path, driven to its end on an event loop of its own ----------------
     def events(self, request: GenerationRequest) -> Iterator[Event]:

@@ -12,8 +12,8 @@ from typing import Any, ClassVar, Literal, Optional, TypeVar, Union
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, field_validator,
                       model_validator)
 
-from rain_core.config import (PRESETS, THRESHOLD_STRATEGIES, EvalPrompt, EvalScore, GenerationRequest, JudgeChoice, QNormalization,
-                              RainConfig, SamplingParams, Strategy, preset)
+from rain_core.config import (PRESETS, THRESHOLD_STRATEGIES, EvalPrompt, EvalScore, GenerationRequest, JudgeChoice,
+                              QNormalization, RainConfig, SamplingParams, Strategy, preset)
 
 from .errors import ApiError, echo
 from .limits import parse_json
@@ -36,7 +36,7 @@ GATED_OPTIONS = ("gated_search_budget", "gated_max_flagged", "gated_front_load")
 # options that only one strategy (or a few) reads: elsewhere they would have no effect
 OPTION_STRATEGIES = {"best_of": ("best_of_n",), "judge_threshold": tuple(sorted(THRESHOLD_STRATEGIES)),
                      **{option: ("gated",) for option in GATED_OPTIONS}}
-MAX_GATED_SEARCH_BUDGET = 1000  # iterations per flagged sentence: the paper's per-set ceiling
+MAX_GATED_SEARCH_BUDGET = 1000  # iterations per flagged sentence: 20 times the paper's maxT (50)
 MAX_GATED_FLAGGED = 16
 MAX_GATED_FRONT_LOAD = 16  # token sets; safety is decided in an answer's first few tokens
 
@@ -121,10 +121,11 @@ class RainOptions(Strict):
     def _only_for_the_search(cls, value: Any, info: ValidationInfo) -> Any:
         strategy = info.data.get("strategy") or "rain"
         if strategy not in SEARCHING_STRATEGIES:
-            raise ValueError(f"is a search option and the {strategy} strategy does not search; use strategy rain or gated")
+            raise ValueError(f"is a search option and the {strategy} strategy does not search; "
+                             "use strategy rain or gated")
         return value
 
-    @field_validator("best_of", "judge_threshold", *GATED_OPTIONS)
+    @field_validator(*OPTION_STRATEGIES)
     @classmethod
     def _only_for_its_strategy(cls, value: Any, info: ValidationInfo) -> Any:
         needs = OPTION_STRATEGIES[info.field_name]
