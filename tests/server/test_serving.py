@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from serve_helpers import (ENDLESS_MAX_TOKENS, ENDLESS_RAIN, HANG_S, MODEL, TINY_RAIN, VANILLA, Stream, chat_body, idle, metric, scrape,
-                           sse_payloads)
+                           settled, sse_payloads)
 
 LONG = "Write a very long story about a dragon who learns to cook."
 
@@ -71,7 +71,7 @@ def test_concurrent_clients_get_their_own_answers(rain_server):
 def test_health_answers_during_a_search(rain_server):
     """A search that cannot end by itself holds the worker; /health answers every time meanwhile."""
     idle(rain_server)
-    body = chat_body(LONG, max_tokens=2000, stream=True, **ENDLESS_RAIN)
+    body = chat_body(LONG, max_tokens=ENDLESS_MAX_TOKENS, stream=True, **ENDLESS_RAIN)
     with httpx.stream("POST", rain_server.base_url + "/v1/chat/completions", json=body, timeout=60) as response:
         payloads = sse_payloads(response)  # held: a dropped iterator would close the stream
         next(payloads)
@@ -95,8 +95,9 @@ def raw_post(server, body: bytes) -> socket.socket:
 def test_a_huge_prompt_being_checked_stalls_no_other_request(rain_server):
     """The largest prompt that must be templated and tokenised (about a second here) is sent first; a short
     streamed request sent after it is checked, admitted and opens its stream before the huge one's 400
-    comes back, and then runs to its end."""
-    idle(rain_server)
+    comes back, and then runs to its end. It starts on a settled engine: what a cancelled search left
+    computing would share the two cores with the huge prompt's tokenizer and the short request."""
+    settled(rain_server)
     prompt = "a b c d e f g h " * 40_000  # 640k characters: under the length precheck, over the context
     events: list[str] = []
     hostile = raw_post(rain_server, json.dumps({**chat_body(prompt), **VANILLA}).encode())
