@@ -76,6 +76,4 @@ class Answer:
         number of commits, which, as in generation, does not count a time budget's empty tail."""
         for ids in resume.sets:
             self.commit(list(ids))
-        if resume.finish_reason is not None:
-            self.end(resume.finish_reason)
-        return len(resume.sets) - (resume.finish_reason == "time_budget")
+        return len(resume.sets)

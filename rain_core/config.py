@@ -9,7 +9,6 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Literal, Optional
 
-from .events import FinishReason
 
 EvalPrompt = Literal["fewshot", "chat", "yesno"]
 EvalScore = Literal["vote", "continuous"]
@@ -134,8 +133,7 @@ class Resume:
     continue from. The sets are kept one by one, not flattened, so that replaying them leaves the
     incremental detokeniser and the stop-sequence matcher exactly where the first engine left them."""
 
-    sets: tuple[tuple[int, ...], ...]  # the committed token sets, in order
-    finish_reason: Optional[FinishReason] = None  # set when the last set already ended the answer
+    sets: tuple[tuple[int, ...], ...]  # the committed token sets, in order; none of them ended the answer
 
     @property
     def token_ids(self) -> list[int]:

@@ -135,17 +135,16 @@ class Engine:
         iterates this (or closing it) ends the request and frees what it holds there. A request with a
         `resume` continues that answer: its sets are replayed silently (the client has their text)."""
         g = self._begin(request)
-        if g.answer.finish_reason is None:  # a resumed answer may have ended just before its worker died
-            session = await self.backend.open_session(request, g.prompt + g.answer.ids, g.answer.ids, g.totals)
-            steps = drive(self.strategy(g), session)
-            try:
-                async for step in steps:
-                    yield self._record(g, step)
-                    if g.answer.finish_reason:
-                        break
-            finally:
-                await steps.aclose()
-                await session.aclose()
+        session = await self.backend.open_session(request, g.prompt + g.answer.ids, g.answer.ids, g.totals)
+        steps = drive(self.strategy(g), session)
+        try:
+            async for step in steps:
+                yield self._record(g, step)
+                if g.answer.finish_reason:
+                    break
+        finally:
+            await steps.aclose()
+            await session.aclose()
         yield self._end(g)
 
     def _begin(self, request: GenerationRequest) -> Generation:

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 from rain_core.config import GenerationRequest, Resume
-from rain_core.events import FinishReason
 
 from .errors import ApiError
 from .protocol import (HEARTBEAT_S, Cancel, Cancelled, Delta, Done, Failed, FromWorker, Heartbeat, Ready, Shutdown,
@@ -55,7 +54,6 @@ class Job:
     first_tokens: int = 0  # how many tokens came in that first committed set
     finished: bool = False  # its last event is queued, or nobody waits for it any more
     sets: list[tuple[int, ...]] = field(default_factory=list)  # committed token sets, to resume from
-    ended: Optional[FinishReason] = None  # set once a committed set has ended the answer
     resubmissions: int = 0  # times its worker died under it and it went to another
 
     def attempt(self) -> GenerationRequest:
@@ -66,7 +64,7 @@ class Job:
         rain = self.request.rain
         if rain is not None and rain.time_budget_s:
             rain = replace(rain, time_budget_s=max(rain.time_budget_s - (time.monotonic() - self.dispatched), LEFT_S))
-        return replace(self.request, rain=rain, resume=Resume(tuple(self.sets), self.ended))
+        return replace(self.request, rain=rain, resume=Resume(tuple(self.sets)))
 
 
 class Pool:
@@ -224,7 +222,6 @@ class Pool:
         elif (job := self.running.get(message.id)) is not None:
             if isinstance(message, Delta):
                 job.sets.append(message.token_ids)
-                job.ended = message.finish_reason
             if isinstance(message, FINAL):
                 self._release(slot, job, message)
             if not job.finished:

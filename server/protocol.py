@@ -3,6 +3,8 @@
 API -> worker: Submit, Cancel, Shutdown.
 Worker -> API: Ready once the model is loaded, Delta per committed token set, then exactly one of
 Done, Failed or Cancelled per submitted request; Speed whenever its vanilla speed estimate changes.
+The set that ends the answer travels inside its Done, so an answer's end is one message: a worker that
+dies after it has nothing left to resume, and one that dies before it left no ended answer behind.
 """
 from __future__ import annotations
 
@@ -65,15 +67,17 @@ class Speed:
 
 @dataclass(frozen=True)
 class Delta:
+    """One committed token set: its text is streamed, its ids kept to resume the answer on another worker."""
+
     id: str
     text: str
-    tokens: int  # size of the committed set
+    token_ids: tuple[int, ...]
     stats: Optional[CommitStats] = None  # the search behind it (RAIN only)
-    finishes: bool = False  # the answer ends with this set: Done follows at once
     logprobs: Optional[list[TokenLogprob]] = None  # one per token of the set, when the request asks for them
-    # what the API keeps to resume the answer on another worker should this one die
-    token_ids: tuple[int, ...] = ()  # the committed set itself
-    finish_reason: Optional[FinishReason] = None  # rain_core's, on the set that ends the answer
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_ids)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class Done:
     id: str
     finish_reason: FinishReason
     totals: Totals
+    last: Optional[Delta]  # the set that ended the answer; None when it ended without one (cancel, time budget)
     worker_s: float  # the request's wall time in its worker, from its Submit to its end
     vanilla_estimate_s: Optional[float] = None  # vanilla decoding of the same prompt and answer length, here and now
     overhead_ratio: Optional[float] = None  # worker_s / vanilla_estimate_s, judged requests only

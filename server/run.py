@@ -27,7 +27,7 @@ def wants_logprobs(job: Job) -> bool:
 class Step:
     """A committed set, the end of the generation, or both (the set that ends it)."""
 
-    delta: Optional[Delta]  # None: the generation ended without a last set (its cancel flag stopped it)
+    delta: Optional[Delta]  # None: the generation ended without a last set (cancel, time budget)
     done: Optional[Done] = None  # set on the generation's last step
 
 
@@ -66,8 +66,9 @@ class Run:
                                 f"({self.timeout_s:g} s)", code="request_timeout") from None
         if isinstance(message, Failed):
             raise ApiError(message.status, message.message, message.param, message.code)
-        if isinstance(message, Delta) and message.tokens and self.job.first_token is None:
-            self.job.first_token, self.job.first_tokens = time.monotonic(), message.tokens
+        delta = message.last if isinstance(message, Done) else message
+        if delta is not None and delta.tokens and self.job.first_token is None:
+            self.job.first_token, self.job.first_tokens = time.monotonic(), delta.tokens
         if isinstance(message, Done):
             self.metrics.finished(self.job, message, render.finish_reason(message))
         return message
@@ -90,13 +91,8 @@ class Run:
         """Every committed set in order; the last step carries the Done. Raises ApiError on failure."""
         with self._outcome():
             while isinstance(message := await self._next_event(), Delta):
-                if message.finishes:  # Done follows at once: the last set carries it
-                    done = await self._next_event()
-                    assert isinstance(done, Done), "a worker sends Done right after the last set"
-                    yield Step(message, done)
-                    return
                 yield Step(message)
-            yield Step(None, message)
+            yield Step(message.last, message)
 
     async def outcome(self) -> Outcome:
         deltas: list[Delta] = []

@@ -46,6 +46,7 @@ class Job:
     request: GenerationRequest
     received: float = field(default_factory=time.perf_counter)
     first_token_s: Optional[float] = None  # from `received` to its first committed token
+    last: Optional[Delta] = None  # the set that ended the answer, sent with its Done
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.received
@@ -171,8 +172,11 @@ class Worker:
 
     def _deliver(self, job: Job, event: Event) -> None:
         if isinstance(event, Commit) and job.id is not None:
-            self.send(Delta(job.id, event.text, len(event.token_ids), event.stats, event.finish_reason is not None,
-                            event.logprobs, token_ids=tuple(event.token_ids), finish_reason=event.finish_reason))
+            delta = Delta(job.id, event.text, tuple(event.token_ids), event.stats, event.logprobs)
+            if event.finish_reason is None:
+                self.send(delta)
+            else:
+                job.last = delta
         elif isinstance(event, Finish):
             self._finish(job, event)
 
@@ -191,7 +195,7 @@ class Worker:
             ratio = worker_s / estimate if estimate else None
             self._maybe_shadow(job.request, totals.completion_tokens)
         if job.id is not None:
-            self.send(Done(job.id, finish.finish_reason, totals, worker_s, estimate, ratio, finish.judgment,
+            self.send(Done(job.id, finish.finish_reason, totals, job.last, worker_s, estimate, ratio, finish.judgment,
                            self.engine.backend.take_loads(), self._work_ratios(totals)))
 
     def _vanilla_estimate(self, request: GenerationRequest, totals: Totals) -> Optional[float]:

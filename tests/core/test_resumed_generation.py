@@ -17,9 +17,9 @@ def run(engine, request: GenerationRequest) -> tuple[list[Commit], Finish]:
     return [e for e in events if isinstance(e, Commit)], events[-1]
 
 
-def resumed(request: GenerationRequest, commits: list[Commit], finish_reason=None) -> GenerationRequest:
+def resumed(request: GenerationRequest, commits: list[Commit]) -> GenerationRequest:
     sets = tuple(tuple(c.token_ids) for c in commits)
-    return GenerationRequest(request.messages, request.params, request.rain, Resume(sets, finish_reason))
+    return GenerationRequest(request.messages, request.params, request.rain, Resume(sets))
 
 
 def test_greedy_decoding_resumed_anywhere_gives_the_uninterrupted_answer(smollm2):
@@ -57,10 +57,3 @@ def test_rain_resumes_at_the_answer_depth(smollm2):
     assert finish.totals.completion_tokens == 3 + sum(len(c.token_ids) for c in rest)
     assert finish.totals.iterations == sum(c.stats.iterations for c in rest)  # this engine's search only
 
-
-def test_an_answer_that_had_ended_only_finishes(smollm2):
-    request = GenerationRequest(ASK, SamplingParams(max_new_tokens=40))
-    commits, whole = run(smollm2, request)
-    rest, finish = run(smollm2, resumed(request, commits, whole.finish_reason))
-    assert rest == [] and finish.finish_reason == whole.finish_reason and finish.text == whole.text
-    assert finish.totals.forward_calls == 0 and finish.totals.commits == whole.totals.commits
