@@ -4,8 +4,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import multiprocessing
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -144,14 +146,22 @@ def resolve(model: Optional[str]) -> ModelSource:
     return ModelSource(model, model)
 
 
+def _converted_path(source: ModelSource, kind: str) -> Path:
+    gguf = Path(source.path) / source.gguf_file
+    return cache_dir() / kind / f"{gguf.stem}-{gguf.stat().st_size}"
+
+
+def _is_saved(saved: Path) -> bool:
+    return (saved / "config.json").exists() or (saved / "tokenizer_config.json").exists()
+
+
 def _converted(source: ModelSource, kind: str, convert) -> Optional[Path]:
     """A GGUF conversion (tokenizer or de-quantised weights) saved once in the cache directory:
     converting takes seconds to tens of seconds, and every worker and test would pay for it.
     None when the cache cannot be written (a read-only image): the caller converts in memory."""
-    gguf = Path(source.path) / source.gguf_file
     try:
-        saved = cache_dir() / kind / f"{gguf.stem}-{gguf.stat().st_size}"
-        if not (saved / "config.json").exists() and not (saved / "tokenizer_config.json").exists():
+        saved = _converted_path(source, kind)
+        if not _is_saved(saved):
             tmp = saved.with_name(saved.name + f".tmp{os.getpid()}")
             convert().save_pretrained(tmp)
             if saved.exists():  # another process got there first
@@ -159,19 +169,24 @@ def _converted(source: ModelSource, kind: str, convert) -> Optional[Path]:
             else:
                 os.replace(tmp, saved)
     except OSError as exc:
-        log.warning("cannot keep the converted %s of %s in the cache (%s); converting in memory", kind, gguf.name, exc)
+        log.warning("cannot keep the converted %s of %s in the cache (%s); converting in memory", kind,
+                    source.gguf_file, exc)
         return None
     return saved
+
+
+def _gguf_tokenizer(source: ModelSource):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
 
 
 def tokenizer_dir(source: ModelSource) -> Optional[str]:
     """A directory (or HF id) of the tokenizer's files: a GGUF's is converted once into the cache.
     None when the cache cannot be written."""
-    from transformers import AutoTokenizer
-
     if not source.gguf_file:
         return source.path
-    saved = _converted(source, "tokenizers", lambda: AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file))
+    saved = _converted(source, "tokenizers", lambda: _gguf_tokenizer(source))
     return str(saved) if saved else None
 
 
@@ -180,8 +195,28 @@ def load_tokenizer(source: ModelSource):
 
     path = tokenizer_dir(source)
     if path is None:  # a GGUF whose conversion cannot be kept: convert in memory
-        return AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+        return _gguf_tokenizer(source)
     return AutoTokenizer.from_pretrained(path)
+
+
+def load_text_tokenizer(source: ModelSource):
+    """The tokenizer without torch, for the API process: transformers' class over the Rust tokenizer's
+    tokenizer.json, not AutoTokenizer, whose model classes import torch (seconds of start-up and hundreds
+    of MB). It gives the ids load_tokenizer's does (tests/core/test_prompt_text.py). A GGUF's tokenizer not
+    yet in the cache is converted by a child process; a source without a tokenizer.json (a slow tokenizer
+    only), or a cache that cannot be written, falls back to load_tokenizer and so to torch."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = source.path
+    if source.gguf_file:
+        saved = _converted_path(source, "tokenizers")
+        if not _is_saved(saved):
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+                child.submit(tokenizer_dir, source).result()
+        path = str(saved)
+    if not (Path(path) / "tokenizer.json").exists():
+        return load_tokenizer(source)
+    return PreTrainedTokenizerFast.from_pretrained(path)
 
 
 def _dequantized(source: ModelSource):

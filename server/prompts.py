@@ -1,5 +1,5 @@
 """Prompt checks in the API process, so a request that cannot be served is refused (400) before it
-queues. Only the tokenizer is loaded here; the model stays in the workers. Templating and tokenising
+queues. Only the tokenizer is loaded here, without torch; the model stays in the workers. Templating and tokenising
 run on a small thread pool, never on the event loop, so a huge prompt cannot stall /health or the
 other streams; a prompt that is too long to fit by its length alone is refused without tokenising.
 A Rust tokenizer encodes one text at a time (a second caller waits for the first), so each prompt
@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from rain_core.config import GenerationRequest
 from rain_core.engine import check_fits, request_ids
-from rain_core.models import ModelSource, load_tokenizer
+from rain_core.models import ModelSource, load_text_tokenizer
 
 from .tokens import TokenTexts
 
@@ -48,7 +48,7 @@ class Prompts:
         threading.Thread(target=self._load, name="tokenizer", daemon=True).start()
 
     def _load(self) -> None:
-        tokenizer = load_tokenizer(self.source)
+        tokenizer = load_text_tokenizer(self.source)
         # no token spells more characters than its vocabulary entry has, so text of C characters is at
         # least C / longest tokens: a lower bound that costs nothing to check
         self.longest_token_chars = max(map(len, tokenizer.get_vocab()), default=1)

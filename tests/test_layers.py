@@ -24,8 +24,10 @@ def test_the_search_imports_no_execution_code():
     assert not {m for m in modules if m.startswith(EXECUTION)}
 
 
-def test_importing_the_api_modules_loads_no_torch():
-    """Not yet the whole of it: the API process still loads the model's tokenizer through transformers,
-    which imports torch when the app starts."""
-    modules = imported_after("import server.app, server.cli")
+def test_the_api_process_loads_no_torch():
+    """Its modules, and the tokenizer it checks prompts with."""
+    modules = imported_after("import server.app, server.cli\n"
+                             "from rain_core.engine import prompt_ids\n"
+                             "from rain_core.models import load_text_tokenizer, resolve\n"
+                             "prompt_ids(load_text_tokenizer(resolve(None)), [{'role': 'user', 'content': 'Hi'}])")
     assert "torch" not in modules and "vllm" not in modules
