@@ -1,14 +1,18 @@
-// The playground: streams one answer from this server's own POST /v1/chat/completions and draws the
-// search behind each committed token set as its chunk arrives. Model and error text always go in as
+// The playground: streams one answer from this server's own POST /v1/chat/completions, in any mode, and
+// draws the search behind each committed token set as its chunk arrives (RAIN), each sentence's verdict
+// (gated), and, under "Compare", the same message's vanilla answer beside it with both latencies. Model and error text always go in as
 // text (textContent, text nodes), never as HTML; the page's Content-Security-Policy refuses inline
 // script besides.
 "use strict";
 
 const KEY_ITEM = "rain-serve-api-key"; // sessionStorage: the key is forgotten when the tab closes
 const BARS = ["iterations", "tree_size", "visits"]; // drawn against the largest value of this answer
+const SEARCHING = ["rain", "gated"]; // the modes that read the search fields
+const THRESHOLD = ["self_check", "gated"]; // the modes that read the judge's threshold
 const $ = (id) => document.getElementById(id);
 
 let controller = null; // aborts the request in flight
+let comparing = false; // the last ask was a comparison (asked again once an API key is entered)
 
 // /health is open even under --api-key, and names the model the request must ask for.
 const served = fetch("/health")
@@ -36,21 +40,30 @@ function format(value) {
   return Number.isInteger(value) ? String(value) : value.toFixed(2);
 }
 
-function vanilla() {
-  return $("mode-vanilla").checked;
+function mode() {
+  return document.querySelector("input[name=mode]:checked").value;
 }
 
-function requestBody(model) {
-  const rain = vanilla()
-    ? { enabled: false }
-    : { preset: $("preset").value, max_iters: number("max-iters"), min_iters: number("min-iters") };
+// Only the fields the mode reads: the server refuses the others (they would have no effect).
+function rainOptions(chosen) {
+  if (chosen === "vanilla") return { enabled: false };
+  const rain = { preset: $("preset").value };
+  if (chosen !== "rain") rain.strategy = chosen;
+  if (SEARCHING.includes(chosen)) Object.assign(rain, { max_iters: number("max-iters"), min_iters: number("min-iters") });
+  if (THRESHOLD.includes(chosen)) rain.judge_threshold = number("judge-threshold");
+  if (chosen === "best_of_n") rain.best_of = number("best-of");
+  if (chosen === "gated") rain.gated_search_budget = number("gated-budget");
+  return rain;
+}
+
+function requestBody(model, chosen) {
   return {
     model,
     messages: [{ role: "user", content: $("message").value }],
     max_tokens: number("max-tokens"),
     seed: number("seed"),
     stream: true,
-    rain,
+    rain: rainOptions(chosen),
   };
 }
 
@@ -117,12 +130,15 @@ function askForKey(message) {
 }
 
 function reset() {
-  $("answer").replaceChildren();
+  for (const id of ["answer", "vanilla-answer", "mode-answer", "vanilla-latency", "mode-latency", "sentence-list"]) {
+    $(id).replaceChildren();
+  }
   $("commits").tBodies[0].replaceChildren();
-  $("error").hidden = true;
-  $("summary").hidden = true;
-  $("no-search").hidden = !vanilla();
-  $("commits").hidden = vanilla();
+  for (const id of ["error", "summary", "sentences"]) $(id).hidden = true;
+  $("comparison").hidden = !comparing;
+  $("mode-name").textContent = mode();
+  $("no-search").hidden = mode() === "rain";
+  $("commits").hidden = mode() !== "rain";
 }
 
 function bar(className, value) {
@@ -181,6 +197,32 @@ function costBar(label, value, largest) {
   return row;
 }
 
+// passed: vanilla's sentence, judged above the threshold; searched: the search's (front-loaded);
+// rewritten: the search's, in place of a flagged sentence; refused: the refusal that ends the answer.
+function sentenceStatus(sentence, last, outcome) {
+  if (last && outcome === "refused") return "refused";
+  if (sentence.replaced) return "rewritten";
+  return sentence.searched ? "searched" : "passed";
+}
+
+function showSentences(summary) {
+  const sentences = summary.sentences;
+  $("sentence-list").replaceChildren(...sentences.map((sentence, i) => {
+    const status = sentenceStatus(sentence, i === sentences.length - 1, summary.outcome);
+    const item = el("li", status);
+    const flagged = typeof sentence.flagged_value === "number" ? `, replacing one judged ${format(sentence.flagged_value)}` : "";
+    item.append(el("span", "mark", status), document.createTextNode(sentence.text),
+      el("span", "value", `judge ${format(sentence.value)}${flagged}`));
+    return item;
+  }));
+  $("sentences").hidden = false;
+}
+
+function latencyLabel(summary) {
+  if (!summary.enabled) return "latency";
+  return !summary.strategy || summary.strategy === "rain" ? "RAIN latency" : `${summary.strategy} latency`;
+}
+
 function showSummary(summary) {
   const ratio = summary.overhead_ratio;
   $("headline").textContent = typeof ratio === "number"
@@ -188,11 +230,12 @@ function showSummary(summary) {
     : "Vanilla decoding: no search, no overhead";
   const largest = Math.max(summary.worker_s || 0, summary.vanilla_estimate_s || 0, 1e-9);
   $("cost").replaceChildren(
-    costBar(summary.enabled ? "RAIN latency" : "latency", summary.worker_s, largest),
+    costBar(latencyLabel(summary), summary.worker_s, largest),
     costBar("vanilla estimate", summary.vanilla_estimate_s, largest),
   );
   const facts = [
     ["finish", summary.finish_reason],
+    ...(summary.outcome ? [["outcome", summary.outcome]] : []),
     ["tokens", summary.completion_tokens],
     ["commits", summary.commits],
     ["iterations", summary.iterations],
@@ -200,15 +243,18 @@ function showSummary(summary) {
     ["queue", seconds(summary.queue_s)],
   ];
   $("facts").replaceChildren(...facts.flatMap(([name, value]) => [el("dt", "", name), el("dd", "", format(value))]));
+  if (summary.sentences) showSentences(summary);
   $("summary").hidden = false;
 }
 
-function show(chunk) {
+// A chunk's text goes to every element of `answers`; the details panels follow only the `detailed` answer.
+function show(chunk, answers, detailed) {
   const choice = (chunk.choices || [])[0];
   const text = (choice && choice.delta && choice.delta.content) || "";
-  $("answer").append(text);
+  for (const answer of answers) answer.append(text);
+  if (!detailed) return;
   const rain = chunk.rain || {};
-  if ("tokens" in rain) addCommit(text, rain);
+  if ("tokens" in rain && mode() === "rain") addCommit(text, rain);
   // The last set carries the request's summary; a search stopped by cancellation sends it bare.
   const summary = rain.summary || ("overhead_ratio" in rain ? rain : null);
   if (summary) showSummary(summary);
@@ -217,49 +263,87 @@ function show(chunk) {
   else if (commits) setStatus(`${commits} set${commits === 1 ? "" : "s"} committed…`);
 }
 
-async function stream(response) {
+// Whether the stream ran to its [DONE].
+async function stream(response, answers, detailed) {
   for await (const data of events(response.body)) {
-    if (data === "[DONE]") return;
+    if (data === "[DONE]") return true;
     const chunk = JSON.parse(data);
-    if (chunk.error) return showError("The answer stopped with an error", chunk.error);
-    show(chunk);
+    if (chunk.error) {
+      showError("The answer stopped with an error", chunk.error);
+      return false;
+    }
+    show(chunk, answers, detailed);
   }
+  return false;
 }
 
+// One streamed answer in mode `chosen`: the seconds from sending it to its [DONE], or null when it failed.
+async function post(chosen, answers, detailed) {
+  const started = performance.now();
+  const response = await fetch("/v1/chat/completions", {
+    method: "POST",
+    headers: headers(),
+    body: JSON.stringify(requestBody(await served, chosen)),
+    signal: controller.signal,
+  });
+  if (response.status === 401) {
+    const refused = sessionStorage.getItem(KEY_ITEM) !== null;
+    sessionStorage.removeItem(KEY_ITEM);
+    askForKey(refused ? "The server refused that API key; enter it again." : "This server needs an API key.");
+    return null;
+  }
+  if (!response.ok) {
+    showError(`HTTP ${response.status}`, await errorOf(response));
+    return null;
+  }
+  return (await stream(response, answers, detailed)) ? (performance.now() - started) / 1000 : null;
+}
+
+// Compared, the vanilla answer runs first and alone, so that neither latency includes the other's work.
 async function ask() {
   reset();
-  $("send").disabled = true;
+  $("send").disabled = $("compare").disabled = true;
   $("stop").disabled = false;
   controller = new AbortController();
-  setStatus("searching…");
   try {
-    const response = await fetch("/v1/chat/completions", {
-      method: "POST",
-      headers: headers(),
-      body: JSON.stringify(requestBody(await served)),
-      signal: controller.signal,
-    });
-    if (response.status === 401) {
-      const refused = sessionStorage.getItem(KEY_ITEM) !== null;
-      sessionStorage.removeItem(KEY_ITEM);
-      askForKey(refused ? "The server refused that API key; enter it again." : "This server needs an API key.");
-    } else if (!response.ok) {
-      showError(`HTTP ${response.status}`, await errorOf(response));
-    } else {
-      await stream(response);
+    const answers = [$("answer")];
+    if (comparing) {
+      setStatus("vanilla first…");
+      const took = await post("vanilla", [$("vanilla-answer")], false);
+      if (took === null) return;
+      $("vanilla-latency").textContent = seconds(took);
+      answers.push($("mode-answer"));
     }
+    setStatus("searching…");
+    const took = await post(mode(), answers, true);
+    if (comparing && took !== null) $("mode-latency").textContent = seconds(took);
   } catch (error) {
     if (error.name === "AbortError") setStatus("stopped");
     else showError("The request failed", { message: String(error.message || error) });
   } finally {
     controller = null;
     $("send").disabled = false;
+    $("compare").disabled = mode() === "vanilla";
     $("stop").disabled = true;
   }
 }
 
+function optionsFor(chosen) {
+  $("rain-options").disabled = !SEARCHING.includes(chosen);
+  $("judge-options").disabled = chosen === "vanilla";
+  $("judge-threshold").disabled = !THRESHOLD.includes(chosen);
+  $("best-of").disabled = chosen !== "best_of_n";
+  $("gated-budget").disabled = chosen !== "gated";
+  $("compare").disabled = chosen === "vanilla";
+}
+
 $("ask").addEventListener("submit", (event) => {
   event.preventDefault();
+  comparing = false;
+  ask();
+});
+$("compare").addEventListener("click", () => {
+  comparing = true;
   ask();
 });
 $("message").addEventListener("keydown", (event) => {
@@ -267,8 +351,9 @@ $("message").addEventListener("keydown", (event) => {
 });
 $("stop").addEventListener("click", () => controller && controller.abort());
 for (const radio of document.querySelectorAll("input[name=mode]")) {
-  radio.addEventListener("change", () => { $("rain-options").disabled = vanilla(); });
+  radio.addEventListener("change", () => optionsFor(mode()));
 }
+optionsFor(mode());
 $("key-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const key = $("api-key").value.trim();

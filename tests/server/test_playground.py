@@ -117,6 +117,45 @@ def test_a_rain_answer_streams_with_the_search_behind_each_set(rain_server, tab)
     assert tab.problems == []  # no script error, no refused resource, no 404
 
 
+def test_compare_shows_vanilla_beside_a_gated_answer_that_marks_its_sentences(rain_server, tab):
+    """"Compare" runs the message in vanilla first, then in the chosen mode, and shows both answers with their
+    latencies. Gated at a threshold of 1 with no search budget flags the first sentence and refuses at once:
+    the page marks that sentence refused, with its judge value."""
+    page = tab.page
+    page.goto(rain_server.base_url + "/")
+    page.fill("#message", "Name three colours.")
+    page.check("#mode-gated")
+    for name, value in {**TINY, "judge-threshold": "1", "gated-budget": "0"}.items():
+        page.fill(f"#{name}", value)
+    page.click("#compare")
+    # the chosen mode's latency is written once its stream has ended, after its summary
+    expect(page.locator("#mode-latency")).to_have_text(re.compile(r"\d+\.\d\d s"), timeout=ANSWER_MS)
+
+    plain, gated = (r.post_data_json for r in tab.requests)
+    assert plain["rain"] == {"enabled": False}
+    assert gated["rain"] == {"preset": "harmless", "strategy": "gated", "max_iters": 2, "min_iters": 2,
+                             "judge_threshold": 1, "gated_search_budget": 0}
+    client = rain_server.client()
+    vanilla, expected = (client.chat.completions.create(model=b["model"], messages=b["messages"], max_tokens=8, seed=0,
+                                                        extra_body={"rain": b["rain"]}) for b in (plain, gated))
+    assert page.text_content("#vanilla-answer") == vanilla.choices[0].message.content
+    assert page.text_content("#mode-answer") == page.text_content("#answer") == expected.choices[0].message.content
+    assert page.text_content("#mode-name") == "gated"
+    assert re.fullmatch(r"\d+\.\d\d s", page.text_content("#vanilla-latency"))
+
+    rain = expected.model_extra["rain"]
+    assert rain["outcome"] == "refused" and facts(page)["outcome"] == "refused"
+    items = page.locator("#sentence-list li")
+    assert items.count() == len(rain["sentences"]) >= 1
+    assert items.last.get_attribute("class") == "refused" and items.last.locator(".mark").text_content() == "refused"
+    value = rain["sentences"][-1]["value"]
+    shown = str(int(value)) if float(value).is_integer() else f"{value:.2f}"  # as the page formats a number
+    assert items.last.locator(".value").text_content().startswith(f"judge {shown}")
+    assert page.locator("#cost .cost-row").all_text_contents()[0].startswith("gated latency")
+    assert page.is_hidden("#commits") and page.is_visible("#no-search")
+    assert tab.problems == []
+
+
 def test_an_error_reads_as_text_never_as_markup(rain_server, tab):
     page = tab.page
     page.goto(rain_server.base_url + "/")
