@@ -85,7 +85,7 @@ class Done:
     id: str
     finish_reason: FinishReason
     totals: Totals
-    last: Optional[Delta]  # the set that ended the answer; None when it ended without one (cancel, time budget)
+    last: Optional[Delta]  # the set that ended the answer; None when it ended without a set of its own
     worker_s: float  # the request's wall time in its worker, from its Submit to its end
     vanilla_estimate_s: Optional[float] = None  # vanilla decoding of the same prompt and answer length, here and now
     overhead_ratio: Optional[float] = None  # worker_s / vanilla_estimate_s, judged requests only

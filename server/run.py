@@ -27,7 +27,7 @@ def wants_logprobs(job: Job) -> bool:
 class Step:
     """A committed set, the end of the generation, or both (the set that ends it)."""
 
-    delta: Optional[Delta]  # None: the generation ended without a last set (cancel, time budget)
+    delta: Optional[Delta]  # None: the generation ended without a set of its own (its cancel flag stopped it)
     done: Optional[Done] = None  # set on the generation's last step
 
 
