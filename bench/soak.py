@@ -604,7 +604,9 @@ def main(argv=None) -> None:
     process = None
     base_url = args.base_url
     if base_url is None:
-        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / "rain-soak-server.log"
+        # one log per run: a second soak must not overwrite the log that explains the first one's report
+        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"rain-soak-server-{os.getpid()}.log"
+        print(f"server log: {log_path}", file=sys.stderr, flush=True)
         process, base_url = start_server(args.backend, args.workers, args.request_timeout, args.judge_model, log_path)
     try:
         report = soak(base_url.rstrip("/"), args.clients, args.minutes, args.fault_every, kinds,
