@@ -207,14 +207,15 @@ def load_text_tokenizer(source: ModelSource):
     only), or a cache that cannot be written, falls back to load_tokenizer and so to torch."""
     from transformers import PreTrainedTokenizerFast
 
-    path = source.path
+    path: Optional[str] = source.path
     if source.gguf_file:
         saved = _converted_path(source, "tokenizers")
-        if not _is_saved(saved):
+        if _is_saved(saved):
+            path = str(saved)
+        else:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
-                child.submit(tokenizer_dir, source).result()
-        path = str(saved)
-    if not (Path(path) / "tokenizer.json").exists():
+                path = child.submit(tokenizer_dir, source).result()  # None: the cache cannot be written
+    if path is None or not (Path(path) / "tokenizer.json").exists():
         return load_tokenizer(source)
     return PreTrainedTokenizerFast.from_pretrained(path)
 
