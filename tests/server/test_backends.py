@@ -13,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from serve_helpers import MODEL, TINY_RAIN, VANILLA, chat_body, metric, scrape
+from bench.soak import engine_cores
+from serve_helpers import (LONG, MODEL, TINY_RAIN, VANILLA, chat_body, finish_chunks, long_stream, metric, scrape,
+                           streamed_text)
 
 pytestmark = pytest.mark.slow
 QWEN = "Qwen2.5-Coder-0.5B-Instruct"
@@ -144,18 +146,25 @@ def test_vllm_batches_concurrent_requests(judged_server):
 
 
 @vllm_only
-def test_a_dead_engine_takes_its_worker_down_and_the_pool_restarts_it(judged_server):
-    """The judge's engine, the second the worker starts: either engine's death ends the worker."""
+def test_a_dead_engine_takes_its_worker_down_and_its_stream_resumes_on_the_restarted_worker(judged_server):
+    """The judge's engine, the second the worker starts, dies alone: either engine's death ends the worker,
+    and the stream in flight on the served model resumes on the restarted worker, unchanged."""
+    reference = httpx.post(judged_server.base_url + "/v1/chat/completions", json=chat_body(LONG, max_tokens=60, **VANILLA),
+                           timeout=600).json()["choices"][0]["message"]["content"]
     pid = judged_server.health()[1]["workers"][0]["pid"]
-    engine_cores = subprocess.run(["pgrep", "-P", str(pid), "-f", "EngineCore"], capture_output=True, text=True).stdout.split()
-    assert len(engine_cores) == 2, f"the worker has {engine_cores} engine processes, not the served model's and the judge's"
-    newest = subprocess.run(["pgrep", "-n", "-P", str(pid), "-f", "EngineCore"], capture_output=True, text=True).stdout
-    os.kill(int(newest), signal.SIGKILL)
-    judged_server.wait_for(lambda h: h["workers"][0]["pid"] != pid and h["status"] == "ok", timeout_s=600,
-                         what="a restarted worker")
+    cores = engine_cores(pid)
+    assert len(cores) == 2, f"the worker has {cores} engine processes, not the served model's and the judge's"
+    stream = long_stream(judged_server, 60, **VANILLA)
+    stream.wait_for_payloads(1 + 5)
+    os.kill(cores[-1], signal.SIGKILL)
+    assert len(stream.data) < 1 + 60, "the stream ended before the engine was killed"
+    judged_server.wait_for(lambda h: h["workers"][0]["pid"] != pid and h["status"] == "ok", timeout_s=900,
+                           what="a restarted worker")
     # nothing of the dead worker's group is left: the engine cores' own workers went with it
     left = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
     assert left == [], left
-    answer = judged_server.client().chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}],
-                                                          max_tokens=4, extra_body=VANILLA)
-    assert answer.choices[0].message.content
+
+    chunks = stream.chunks
+    assert streamed_text(chunks) == reference  # nothing repeated or changed across the resume
+    (last,) = finish_chunks(chunks)
+    assert last["choices"][0]["finish_reason"] == "length" and last["rain"]["summary"]["resubmissions"] == 1

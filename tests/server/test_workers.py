@@ -4,7 +4,8 @@ both killed and back, SIGTERM drain. The tests run in order; the last one stops 
 On the transformers backend only: these tests need a 120-token greedy stream still running after a second
 request has reached the other worker, and on a quiet machine vLLM streams it in seconds, so the order of events
 they rely on does not hold there. The pool's logic is the same on both backends; the vLLM worker's death and
-resume are tested in test_faults.py (a restarting worker, a killed engine core, a hung worker)."""
+resume are tested in test_resume.py (a killed worker, on both backends) and test_backends.py (a killed engine
+core)."""
 from __future__ import annotations
 
 import os
@@ -48,7 +49,7 @@ def test_a_killed_worker_s_stream_continues_where_it_was(pair):
 
 def test_both_workers_killed_come_back_and_serve(pair):
     """Kill the other worker while the first one restarts; then both must serve again. (What a request
-    meets while no worker is alive: tests/server/test_faults.py.)"""
+    meets while no worker is alive: tests/server/test_resume.py.)"""
     _, health = pair.health()
     killed = {w["pid"] for w in health["workers"] if w["alive"]}
     for pid in killed:
