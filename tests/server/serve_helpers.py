@@ -20,6 +20,8 @@ ENDLESS_RAIN = {"rain": {"max_iters": 10_000, "min_iters": 10_000}}  # its first
 # limit a search's judge prompts reached 1,300 tokens, and the engine stayed busy for seconds after the
 # request was cancelled, so the next request ran out of its timeout.
 ENDLESS_MAX_TOKENS = 64
+API_KEY = "s3cret"  # strict_server's (tests/server/conftest.py)
+STRICT_TIMEOUT_S = 4  # strict_server's --request-timeout
 HANG_S = 300  # how long a wait may take before a test calls it a hang: a bound, not a measurement
 
 

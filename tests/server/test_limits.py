@@ -1,4 +1,5 @@
-"""A locked-down server: API key, one slot and a queue of one, a short request timeout, vanilla by default.
+"""A locked-down server (strict_server): API key, one slot and a queue of one, a short request timeout, vanilla
+by default.
 
 No clock decides a result: the request timeout is checked by what it cuts (a search that could not end,
 a queued request that streams far less than the one before it), and waits only bound a hang."""
@@ -8,20 +9,10 @@ import httpx
 import openai
 import pytest
 
-from serve_helpers import ENDLESS_MAX_TOKENS, ENDLESS_RAIN, HANG_S, MODEL, Stream, chat_body, idle
+from serve_helpers import (API_KEY, ENDLESS_MAX_TOKENS, ENDLESS_RAIN, HANG_S, MODEL, Stream, chat_body, idle)
 
-KEY = "s3cret"
-HEADERS = {"Authorization": f"Bearer {KEY}"}
-TIMEOUT_S = 4
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 LONG = chat_body("Write a very long story about a lighthouse.", max_tokens=2000)
-
-
-@pytest.fixture(scope="module")
-def strict_server(launch_server, backend):
-    with launch_server("--backend", backend, "--threads", "1", "--max-running-per-worker", "1", "--max-queue", "1",
-                       "--request-timeout", str(TIMEOUT_S), "--default-mode", "vanilla",
-                       env={"RAIN_API_KEY": KEY}) as server:
-        yield server
 
 
 def keyed_stream(server, body: dict) -> Stream:
@@ -30,7 +21,7 @@ def keyed_stream(server, body: dict) -> Stream:
 
 def test_api_key_is_required_on_v1_only(strict_server):
     url = strict_server.base_url
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
         response = httpx.get(url + "/v1/models", headers=headers, timeout=10)
         assert response.status_code == 401
         assert response.json()["error"]["type"] == "authentication_error"
@@ -41,7 +32,7 @@ def test_api_key_is_required_on_v1_only(strict_server):
 
 
 def test_default_mode_vanilla_applies_without_a_rain_object(strict_server):
-    answer = strict_server.client(api_key=KEY).chat.completions.create(
+    answer = strict_server.client(api_key=API_KEY).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     assert answer.model_extra["rain"]["enabled"] is False and answer.usage.completion_tokens == 4
 
@@ -56,7 +47,7 @@ def test_the_choices_of_a_request_are_admitted_all_or_none(strict_server):
     """One free slot and a queue of one hold two choices, not three: three are refused as a whole, and
     none of them runs or waits."""
     idle(strict_server)
-    client = strict_server.client(api_key=KEY)
+    client = strict_server.client(api_key=API_KEY)
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model=MODEL, messages=LONG["messages"], max_tokens=2000, n=3)
     assert caught.value.code == "queue_full"
@@ -79,7 +70,7 @@ def test_a_full_queue_is_a_429_and_the_timeout_counts_queue_time(strict_server):
     queued = keyed_stream(strict_server, LONG)
     strict_server.wait_for(lambda h: h["waiting"] == 1, timeout_s=HANG_S, what="the second request to queue")
     with pytest.raises(openai.RateLimitError) as caught:
-        strict_server.client(api_key=KEY).chat.completions.create(model=MODEL, messages=LONG["messages"],
+        strict_server.client(api_key=API_KEY).chat.completions.create(model=MODEL, messages=LONG["messages"],
                                                                   max_tokens=4)
     assert caught.value.code == "queue_full"
     assert int(caught.value.response.headers["Retry-After"]) >= 1
@@ -101,7 +92,7 @@ def test_request_timeout_is_a_clear_error_and_stops_the_generation(strict_server
     """A search that could not end by itself: the 504, then the free slot, show the timeout cancelled it."""
     idle(strict_server)
     with pytest.raises(openai.InternalServerError) as caught:
-        strict_server.client(api_key=KEY).chat.completions.create(model=MODEL, messages=LONG["messages"],
+        strict_server.client(api_key=API_KEY).chat.completions.create(model=MODEL, messages=LONG["messages"],
                                                                   max_tokens=ENDLESS_MAX_TOKENS, extra_body=ENDLESS_RAIN)
     assert caught.value.status_code == 504 and caught.value.code == "request_timeout"
     assert "--request-timeout" in caught.value.message

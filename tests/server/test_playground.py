@@ -1,6 +1,6 @@
 """The playground at GET /, in headless Chromium (Debian's package, driven by Playwright) against the
 real server: a streamed RAIN answer and the search behind each committed set appear, and match what the
-API itself answers; errors read as text, never as markup; under --api-key the page asks for the key,
+API itself answers; errors read as text, never as markup; under an API key the page asks for the key,
 keeps it for the tab and sends it."""
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
+from serve_helpers import API_KEY
+
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless and quiet: the browser contacts nothing but the server under test.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ANSWER_MS = 300_000  # a tiny search takes seconds, minutes on a loaded CPU; this only bounds a hang
 TINY = {"max-iters": "2", "min-iters": "2", "max-tokens": "8", "seed": "0"}
-KEY = "playground-secret"
-TIMEOUT_S = 30  # ends a search that could not end by itself, in-band once its stream has begun
 KEY_ITEM = "rain-serve-api-key"
 BAR_COLUMNS = ("iterations", "tree_size", "visits", "value")
 
@@ -57,13 +57,6 @@ def tab(browser):
     page.on("request", lambda r: r.url.endswith("/v1/chat/completions") and tab.requests.append(r))
     yield tab
     context.close()
-
-
-@pytest.fixture(scope="module")
-def keyed_server(launch_server, backend):
-    with launch_server("--backend", backend, "--api-key", KEY, "--threads", "1",
-                       "--request-timeout", str(TIMEOUT_S)) as server:
-        yield server
 
 
 def ask(page, message: str, fields: dict[str, str], vanilla: bool = False) -> None:
@@ -173,13 +166,13 @@ def test_an_error_reads_as_text_never_as_markup(rain_server, tab):
     assert tab.unexpected_problems() == []
 
 
-def test_the_page_asks_for_the_api_key_and_sends_it(keyed_server, tab):
+def test_the_page_asks_for_the_api_key_and_sends_it(strict_server, tab):
     page = tab.page
     for path in ("/", "/playground/playground.js", "/playground/playground.css"):
-        assert httpx.get(keyed_server.base_url + path, timeout=10).status_code == 200  # open, like /health
-    assert httpx.get(keyed_server.base_url + "/v1/models", timeout=10).status_code == 401
+        assert httpx.get(strict_server.base_url + path, timeout=10).status_code == 200  # open, like /health
+    assert httpx.get(strict_server.base_url + "/v1/models", timeout=10).status_code == 401
 
-    page.goto(keyed_server.base_url + "/")
+    page.goto(strict_server.base_url + "/")
     ask(page, "Name three colours.", {"max-tokens": "8"}, vanilla=True)
     page.wait_for_selector("#key-form:not([hidden])", timeout=ANSWER_MS)
     assert page.get_attribute("#api-key", "type") == "password"
@@ -188,7 +181,7 @@ def test_the_page_asks_for_the_api_key_and_sends_it(keyed_server, tab):
     # expect() polls from Playwright's own world; wait_for_function evals in the page, which the CSP forbids
     expect(page.locator("#key-message")).to_contain_text("refused", timeout=ANSWER_MS)
     assert page.is_visible("#key-form")
-    page.fill("#api-key", KEY)
+    page.fill("#api-key", API_KEY)
     page.click("#key-form button")
     page.wait_for_selector("#summary:not([hidden])", timeout=ANSWER_MS)
 
@@ -196,20 +189,20 @@ def test_the_page_asks_for_the_api_key_and_sends_it(keyed_server, tab):
     assert page.text_content("#headline") == "Vanilla decoding: no search, no overhead"
     assert page.is_visible("#no-search") and page.is_hidden("#commits")
     sent = [r.all_headers().get("authorization") for r in tab.requests]
-    assert sent == [None, "Bearer wrong", f"Bearer {KEY}"]
+    assert sent == [None, "Bearer wrong", f"Bearer {API_KEY}"]
     assert [r.post_data_json["rain"] for r in tab.requests] == [{"enabled": False}] * 3
 
     page.reload()  # the key stays with the tab: the next answer needs no prompt
     ask(page, "Name three colours.", {"max-tokens": "4"}, vanilla=True)
     page.wait_for_selector("#summary:not([hidden])", timeout=ANSWER_MS)
-    assert page.evaluate(f"sessionStorage.getItem('{KEY_ITEM}')") == KEY and page.is_hidden("#key-form")
+    assert page.evaluate(f"sessionStorage.getItem('{KEY_ITEM}')") == API_KEY and page.is_hidden("#key-form")
     assert tab.unexpected_problems() == []
 
 
-def test_an_error_inside_the_stream_is_shown_after_the_partial_answer(keyed_server, tab):
+def test_an_error_inside_the_stream_is_shown_after_the_partial_answer(strict_server, tab):
     page = tab.page
-    page.goto(keyed_server.base_url + "/")
-    page.evaluate(f"sessionStorage.setItem('{KEY_ITEM}', '{KEY}')")
+    page.goto(strict_server.base_url + "/")
+    page.evaluate(f"sessionStorage.setItem('{KEY_ITEM}', '{API_KEY}')")
     ask(page, "Tell me about owls.", {"max-iters": "10000", "min-iters": "10000", "max-tokens": "64"})
     # the stream has begun: --request-timeout ends the search in-band
     page.wait_for_selector("#error:not([hidden])", timeout=ANSWER_MS)
