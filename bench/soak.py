@@ -73,6 +73,7 @@ class Outcome:
     retry_after: Optional[float] = None  # what a 429 or 503 told the client to wait
     started: float = 0.0  # monotonic
     ended: float = 0.0
+    detail: Optional[str] = None  # what the client saw, where the request was lost to an exception
 
     @property
     def lost(self) -> bool:
@@ -120,6 +121,8 @@ class Report:
     health_probes: int
     health_failures: int  # probes that got no answer at all
     retry_after_s: list[float]
+    lost_log: list[dict] = field(default_factory=list)  # each lost request: kind, when, how long, why
+    health_failure_log: list[str] = field(default_factory=list)  # each unanswered probe: when, and the exception
     memory_start: Optional[Memory] = None
     memory_end: Optional[Memory] = None
     fault_log: list[Fault] = field(default_factory=list)
@@ -249,7 +252,7 @@ def client_loop(base_url: str, deadline: float, seed: int, outcomes: list[Outcom
             try:
                 outcome = request(client, kind, rng)
             except (httpx.TransportError, KeyError, TypeError) as exc:  # no answer, or not one of the API's shape
-                outcome = Outcome(kind, f"lost: {type(exc).__name__}")
+                outcome = Outcome(kind, f"lost: {type(exc).__name__}", detail=str(exc)[:300])
             outcome.started, outcome.ended = started, time.monotonic()
             outcomes.append(outcome)
             if outcome.retry_after is not None:  # as a client told to retry would
@@ -371,14 +374,15 @@ class Faults(threading.Thread):
             self.resume(pid)
 
 
-def prober(base_url: str, stop: threading.Event, latencies_ms: list[float], failures: list[str]) -> None:
+def prober(base_url: str, stop: threading.Event, latencies_ms: list[float], failures: list[str], soak_started: float) -> None:
     with httpx.Client(timeout=10) as client:
         while not stop.wait(0.25):
             started = time.perf_counter()
             try:
                 client.get(base_url + "/health")
             except httpx.TransportError as exc:
-                failures.append(type(exc).__name__)
+                failures.append(f"at {time.monotonic() - soak_started:.1f} s, after {time.perf_counter() - started:.1f} s: "
+                                f"{type(exc).__name__}: {exc}")
                 continue
             latencies_ms.append(1000 * (time.perf_counter() - started))
 
@@ -492,7 +496,7 @@ def across_a_fault(outcome: Outcome, faults: list[Fault], started: float) -> boo
 
 
 def summarize(outcomes: list[Outcome], clients: int, seconds: float, faults: list[Fault], latencies_ms: list[float],
-              health_failures: int, backend: Optional[str] = None, started: float = 0.0) -> Report:
+              health_failures: list[str], backend: Optional[str] = None, started: float = 0.0) -> Report:
     results = Counter(o.result for o in outcomes)
     by_kind: dict[str, dict[str, int]] = {}
     for o in outcomes:
@@ -511,8 +515,11 @@ def summarize(outcomes: list[Outcome], clients: int, seconds: float, faults: lis
         failed={r: n for r, n in sorted(results.items()) if r.startswith("error")}, lost=lost,
         lost_total=sum(lost.values()), mismatched=mismatched, greedy_repeats=compared,
         health_p50_ms=round(percentile(latencies_ms, 50), 1), health_p99_ms=round(percentile(latencies_ms, 99), 1),
-        health_probes=len(latencies_ms), health_failures=health_failures,
+        health_probes=len(latencies_ms), health_failures=len(health_failures),
         retry_after_s=sorted(o.retry_after for o in outcomes if o.retry_after is not None),
+        lost_log=[{"kind": o.kind, "at_s": round(o.started - started, 1), "took_s": round(o.ended - o.started, 1),
+                   "why": o.detail or o.result} for o in outcomes if o.lost],
+        health_failure_log=list(health_failures),
         fault_log=list(faults), by_kind={k: dict(v) for k, v in sorted(by_kind.items())},
     )
 
@@ -546,6 +553,8 @@ def table(report: Report) -> str:
     lines.append(f"/health p50 {report.health_p50_ms} ms, p99 {report.health_p99_ms} ms over {report.health_probes} "
                  f"probes ({report.health_failures} unanswered); {report.mismatched} of {report.greedy_repeats} "
                  f"repeated greedy answers differed from the first")
+    lines += [f"lost: {entry}" for entry in report.lost_log]
+    lines += [f"unanswered /health probe: {entry}" for entry in report.health_failure_log]
     return "\n".join(lines + memory_lines(report))
 
 
@@ -565,7 +574,7 @@ def soak(base_url: str, clients: int, minutes: float, fault_every_s: float, kind
     stop, latencies, failures, outcomes = threading.Event(), [], [], []
     started = time.monotonic()
     deadline = started + 60 * minutes
-    probe = threading.Thread(target=prober, args=(base_url, stop, latencies, failures), daemon=True)
+    probe = threading.Thread(target=prober, args=(base_url, stop, latencies, failures, started), daemon=True)
     faults = Faults(base_url, kinds, fault_every_s, stop_s, started)
     workers = [threading.Thread(target=client_loop, args=(base_url, deadline, seed + i, outcomes)) for i in range(clients)]
     for thread in [probe, *([faults] if fault_every_s > 0 and kinds else []), *workers]:
@@ -576,8 +585,7 @@ def soak(base_url: str, clients: int, minutes: float, fault_every_s: float, kind
         faults.finish()
     stop.set()
     probe.join()
-    report = summarize(outcomes, clients, time.monotonic() - started, faults.log, latencies, len(failures),
-                       backend, started)
+    report = summarize(outcomes, clients, time.monotonic() - started, faults.log, latencies, failures, backend, started)
     report.memory_start, report.memory_end = memory_start, memory(base_url, api_pid)
     return report
 

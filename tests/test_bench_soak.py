@@ -44,14 +44,17 @@ def test_the_report_counts_losses_and_vanilla_answers_that_differ():
                 Outcome("stream", "completed", "other", "k", True, started=2, ended=5),
                 Outcome("stream", "abandoned"), Outcome("malformed", "error 400 invalid_value"),
                 Outcome("plain", "error 504 request_timeout"), Outcome("stream", "error 429 queue_full", retry_after=3),
-                Outcome("plain", "lost: ReadError")]
+                Outcome("plain", "lost: ReadError", started=6, ended=8, detail="connection reset")]
     faults = [Fault(at_s=3.0, kind="kill_engine", worker=0, pid=7)]
-    report = summarize(outcomes, clients=2, seconds=9.0, faults=faults, latencies_ms=[1.0, 2.0, 3.0], health_failures=0)
+    report = summarize(outcomes, clients=2, seconds=9.0, faults=faults, latencies_ms=[1.0, 2.0, 3.0],
+                       health_failures=["at 4.0 s, after 10.0 s: ReadTimeout: timed out"])
     assert (report.sent, report.completed, report.abandoned, report.resumed) == (7, 2, 1, 1)
     assert report.completed_across_fault == 1 and report.faults == {"kill_engine": 1}  # the second, 2 s to 5 s
     assert (report.errors_client, report.errors_ours, report.errors_ours_past_timeout) == (1, 2, 1)
     assert report.lost == {"lost: ReadError": 1} and (report.mismatched, report.greedy_repeats) == (1, 1)
     assert report.retry_after_s == [3]
+    assert report.lost_log == [{"kind": "plain", "at_s": 6, "took_s": 2, "why": "connection reset"}]
+    assert report.health_failures == 1 and "ReadTimeout" in report.health_failure_log[0]
     assert "| **all** | 7 | 2 | 1 | 3 | **1** |" in table(report)
 
 
