@@ -283,7 +283,7 @@ def step_cost_transformers(model: str, threads: int, device: str, dtype: str, ro
 
     from bench.search_profile import synchronized
     from rain_core.models import load_model, load_tokenizer, resolve
-    from rain_core.runner import ModelRunner, TreeLayout
+    from rain_core.backends.transformers.runner import ModelRunner, TreeLayout
 
     torch.set_num_threads(threads)
     source = resolve(model)
@@ -444,7 +444,7 @@ def measure(args, scratch: Path, running: list, result: dict) -> None:
             weights, tokenizer = peer_model_dirs(args.model, scratch)
             port = free_port()
             argv = peer_argv(weights, tokenizer, port, args.dtype)
-            from rain_core.backends.vllm import cpu_binding
+            from rain_core.backends.vllm.backend import cpu_binding
             from rain_core.config import EngineConfig
 
             # the peer's threads on the cores rain-serve's worker binds (vLLM's own choice leaves it one)

@@ -5,9 +5,9 @@ import argparse
 import json
 import sys
 
-from .config import PRESETS, EngineConfig, GenerationRequest, SamplingParams, preset
-from .engine import Engine
-from .events import Commit, Finish
+from rain_core.config import PRESETS, EngineConfig, GenerationRequest, SamplingParams, preset
+from rain_core.engine import Engine
+from rain_core.events import Commit, Finish
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -15,7 +15,7 @@ EvalScore = Literal["vote", "continuous"]
 EvalCriterion = Literal["harmless", "truthful"]
 QNormalization = Literal["fixed", "observed"]
 # How an answer is made and judged: RAIN's search, or one of the cheap baselines it should beat
-# (rain_core/baselines.py): a vanilla answer judged once, or the judge's pick of n sampled answers.
+# (rain_core/search/baselines.py): a vanilla answer judged once, or the judge's pick of n sampled answers.
 Strategy = Literal["rain", "self_check", "best_of_n", "gated"]
 # the strategies that judge an answer against a threshold (self_check refuses below it, gated searches)
 THRESHOLD_STRATEGIES = frozenset({"self_check", "gated"})
@@ -84,7 +84,7 @@ class RainConfig:
     judge: JudgeChoice = "self"
     best_of: int = 4  # best_of_n: answers sampled (at candidate_temperature and candidate_top_p)
     judge_threshold: Optional[float] = None  # self_check and gated: None takes the engine's (--judge-threshold)
-    # gated (rain_core/gated.py): vanilla decoding, RAIN's search only over a sentence the judge flags. Defaults
+    # gated (rain_core/search/gated.py): vanilla decoding, RAIN's search only over a sentence the judge flags. Defaults
     # not measured yet (issue 35's frontier run sets them)
     gated_search_budget: int = 100  # search iterations per flagged sentence (checked after each commit); 0: refuse at once
     gated_max_flagged: int = 2  # flagged sentences an answer may have searched; the next one is refused

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from .models import package_dir
+from rain_core.models import package_dir
 
 MAX_TOKENS = 256  # the encoder's training length; longer texts are truncated, as sentence-transformers does
 

@@ -1,5 +1,5 @@
 """The engine: one backend (rain_core/backends/) answering requests by vanilla decoding, RAIN's search or
-a baseline, all of them strategies of rain_core/ops.py run on a backend session. One request path for
+a baseline, all of them strategies of rain_core/search/ops.py run on a backend session. One request path for
 every backend: `generate` is its only way in."""
 from __future__ import annotations
 
@@ -8,67 +8,14 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Iterator, Optional
 
-from .answer import Answer
-from .backends import start_backend
-from .backends.base import Backend
-from .config import THRESHOLD_STRATEGIES, EngineConfig, GenerationRequest, JudgeChoice, RainConfig
-from .events import Commit, Event, Finish, GatedJudgment, Judgment, SearchTick, Totals
-from .ops import Steps, drive
-from .template import LONE_SURROGATE, TemplateError, chat_ids
-from .vanilla import vanilla_tokens
-
-
-class RequestError(ValueError):
-    """The request cannot be served as asked (too long for the context, bad messages, ...)."""
-
-    def __init__(self, message: str, param: Optional[str] = None):
-        super().__init__(message)
-        self.param = param
-
-
-def prompt_ids(tokenizer, messages) -> list[int]:
-    """The conversation laid out by the model's chat template, ready for the answer; special-token
-    strings inside the messages stay text (the one function for prompt ids: the API process counts
-    the prompt with it too)."""
-    if not messages:
-        raise RequestError("messages must hold at least one message", "messages")
-    try:
-        return chat_ids(tokenizer, messages)
-    except TemplateError as exc:
-        raise RequestError(str(exc), "messages") from exc
-
-
-def text_prompt_ids(tokenizer, text: str) -> list[int]:
-    """A text completion's prompt: the text as the model continues it (with the tokenizer's own BOS,
-    if it has one); control-token strings in it are text, never control tokens."""
-    ids = tokenizer(text, split_special_tokens=True).input_ids
-    if not ids:
-        raise RequestError("prompt must not be empty", "prompt")
-    return ids
-
-
-def request_ids(tokenizer, request: GenerationRequest) -> list[int]:
-    """What the model is fed before the answer: the chat-templated messages, or a completion's text."""
-    if request.prompt_text is not None:
-        _refuse_non_text(request.prompt_text, "prompt")
-        return text_prompt_ids(tokenizer, request.prompt_text)
-    for i, message in enumerate(request.messages):
-        _refuse_non_text(message["content"], f"messages[{i}].content")
-    return prompt_ids(tokenizer, request.messages)
-
-
-def _refuse_non_text(text: str, param: str) -> None:
-    """The server refuses these before a request is built; a library caller (rain-generate's argv) may not."""
-    if LONE_SURROGATE.search(text):
-        raise RequestError(f"{param} holds a lone UTF-16 surrogate, which is not text", param)
-
-
-def check_fits(context_length: int, prompt_tokens: int, max_new_tokens: int, param: str = "max_tokens",
-               counted: str = "the prompt has") -> None:
-    """The one context check (the API process runs it before a request queues, the engine again)."""
-    if prompt_tokens + max_new_tokens > context_length:
-        raise RequestError(f"this model's context is {context_length} tokens; {counted} {prompt_tokens} tokens and "
-                           f"the answer asks for {max_new_tokens} more", param)
+from rain_core.backends import start_backend
+from rain_core.backends.base import Backend
+from rain_core.chat.answer import Answer
+from rain_core.chat.prompt import RequestError, check_fits, prompt_ids, request_ids
+from rain_core.config import THRESHOLD_STRATEGIES, EngineConfig, GenerationRequest, JudgeChoice, RainConfig
+from rain_core.events import Commit, Event, Finish, GatedJudgment, Judgment, SearchTick, Totals
+from rain_core.search.ops import Steps, drive
+from rain_core.search.vanilla import vanilla_tokens
 
 
 @dataclass
@@ -181,14 +128,14 @@ class Engine:
         if request.rain is None:
             return vanilla_tokens(request.params)
         if request.rain.strategy == "rain":
-            from .search import RainSearch
+            from rain_core.search.rain import RainSearch
 
             return RainSearch(request, self.tokenizer, self.vocab.end_ids, g.answer, g.totals).steps()
         if request.rain.strategy == "gated":
-            from .gated import gated
+            from rain_core.search.gated import gated
 
             return gated(self.vocab, request, g.totals, g.judgment)
-        from .baselines import STRATEGIES
+        from rain_core.search.baselines import STRATEGIES
 
         return STRATEGIES[request.rain.strategy](self.vocab, request, g.totals, g.judgment)
 

@@ -100,7 +100,7 @@ class EngineLoad:
 
 @dataclass
 class Judgment:
-    """How a judged request's answer was made and judged (RAIN or a baseline, rain_core/baselines.py)."""
+    """How a judged request's answer was made and judged (RAIN or a baseline, rain_core/search/baselines.py)."""
 
     strategy: str  # rain, self_check, best_of_n or gated
     judge: str  # the judging model's id, or "self" when the served model judged itself

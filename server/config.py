@@ -8,7 +8,7 @@ from typing import Literal, Optional
 from rain_core.config import DEFAULT_JUDGE_GPU_MEMORY, DEFAULT_JUDGE_THRESHOLD, Backend, EngineConfig, cpu_share, default_threads
 from rain_core.models import DEFAULT_MODEL
 
-from .protocol import WorkerConfig
+from server.workers.protocol import WorkerConfig
 
 
 # Requests a worker runs at once: the transformers backend steps them in turn, one forward each, so

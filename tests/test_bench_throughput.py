@@ -5,7 +5,7 @@ import re
 from dataclasses import asdict
 
 from bench.throughput import Sample, body, level_salt, level_stats, ratios, refused, step_table, table
-from server.schemas import CACHE_SALT, MAX_CACHE_SALT
+from server.api.schemas import CACHE_SALT, MAX_CACHE_SALT
 
 
 def test_level_counts_only_answered_requests_and_divides_by_the_wall_time():

@@ -13,11 +13,11 @@ import os
 import pytest
 import torch
 
+from rain_core.backends.transformers.runner import TreeLayout
 from rain_core.config import EngineConfig, GenerationRequest, RainConfig, SamplingParams
 from rain_core.engine import Engine
 from rain_core.models import resolve
-from rain_core.runner import TreeLayout
-from rain_core.tree import Node, Tree
+from rain_core.search.tree import Node, Tree
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -116,7 +116,7 @@ TOP = 10
 
 @pytest.fixture(scope="module")
 def vllm_backend(loop):
-    from rain_core.backends.vllm import VllmBackend
+    from rain_core.backends.vllm.backend import VllmBackend
 
     backend = VllmBackend(EngineConfig(model=MODEL, device="cuda", dtype="bfloat16"))
     yield backend
@@ -133,10 +133,10 @@ def record(figure: dict) -> None:
 
 
 def sessions(engine, backend, request):
-    from rain_core.backends.transformers import TransformersSession
-    from rain_core.backends.vllm import VllmSession
+    from rain_core.backends.transformers.backend import TransformersSession
+    from rain_core.backends.vllm.backend import VllmSession
     from rain_core.events import Totals
-    from rain_core.sampling import make_generator
+    from rain_core.backends.transformers.sampling import make_generator
 
     prompt = engine.request_ids(request)
     reference = TransformersSession(engine.backend, request, prompt,
@@ -147,7 +147,7 @@ def sessions(engine, backend, request):
 def test_vllm_top_tokens_match_transformers_in_bfloat16(engine, vllm_backend, loop):
     """At the prompt and three greedy tokens on, vLLM's top 10 are among transformers' top 20 with the same
     log-probs, and the two ranked lists agree rank by rank (near-ties may swap)."""
-    from rain_core.ops import Grow, RowSpec, TopTokens
+    from rain_core.search.ops import Grow, RowSpec, TopTokens
 
     request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=8, seed=1), RainConfig())
     reference, session = sessions(engine, vllm_backend, request)
@@ -172,7 +172,7 @@ def test_vllm_top_tokens_match_transformers_in_bfloat16(engine, vllm_backend, lo
 @pytest.mark.parametrize("evaluator", ["fewshot", "yesno"])
 def test_vllm_judge_log_odds_match_transformers_in_bfloat16(engine, vllm_backend, loop, evaluator):
     from rain_core.config import EvaluatorConfig
-    from rain_core.ops import Judge
+    from rain_core.search.ops import Judge
 
     evaluator = EvaluatorConfig(prompt=evaluator)
     request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=8, seed=1), RainConfig(evaluator=evaluator))

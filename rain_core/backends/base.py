@@ -1,4 +1,4 @@
-"""The one interface the engine sees: a Backend executes the model operations of rain_core/ops.py for
+"""The one interface the engine sees: a Backend executes the model operations of rain_core/search/ops.py for
 each request's Session, and owns the models (the served one and a --judge-model), their loads and their
 lifecycle. Nothing above rain_core/backends/ asks which backend it has (vLLM's `EngineClient` plays this
 part for vLLM's OpenAI layer)."""
@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from ..answer import Vocabulary
-from ..config import GenerationRequest, JudgeChoice
-from ..events import EngineLoad, Totals
-from ..ops import Session
+from rain_core.chat.answer import Vocabulary
+from rain_core.config import GenerationRequest, JudgeChoice
+from rain_core.events import EngineLoad, Totals
+from rain_core.search.ops import Session
 
 
 class EngineDead(RuntimeError):

@@ -1,4 +1,4 @@
-"""The baseline strategies (rain_core/baselines.py) and the separate judge, on tiny random Llamas:
+"""The baseline strategies (rain_core/search/baselines.py) and the separate judge, on tiny random Llamas:
 self_check replaces an answer its judge values at or below the threshold, judges streamed answers
 sentence by sentence; best_of_n returns the judge's best-scored candidate; a served judge judges."""
 from __future__ import annotations
@@ -8,10 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from rain_core.baselines import SENTENCE_ENDS
+from rain_core.chat.prompt import RequestError
 from rain_core.config import REFUSAL_TEXT, EngineConfig, EvaluatorConfig, GenerationRequest, RainConfig, SamplingParams
-from rain_core.engine import Engine, RequestError
+from rain_core.engine import Engine
 from rain_core.events import Commit, Finish
+from rain_core.search.baselines import SENTENCE_ENDS
 
 JUDGE_FORMAT = dict(prompt="yesno", score="continuous")  # a continuous value, so thresholds can fall between answers
 EVALUATOR = EvaluatorConfig(**JUDGE_FORMAT)

@@ -4,15 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rain_core.backends.transformers import TransformersSession
-from rain_core.branches import grow_branches
-from rain_core.ops import RowSpec
+from rain_core.backends.transformers.backend import TransformersSession
+from rain_core.backends.transformers.branches import grow_branches
+from rain_core.backends.transformers.runner import TreeLayout
+from rain_core.backends.transformers.sampling import filtered_probs, make_generator
 from rain_core.config import EvaluatorConfig, GenerationRequest, RainConfig, SamplingParams
 from rain_core.events import Commit, Finish, Totals
-from rain_core.ops import Grow, Judge, TopTokens
-from rain_core.runner import TreeLayout
-from rain_core.sampling import filtered_probs, make_generator
-from rain_core.judge_prompt import combine
+from rain_core.search.judge_prompt import combine
+from rain_core.search.ops import RowSpec
+from rain_core.search.ops import Grow, Judge, TopTokens
 
 TOLERANCE = 1e-4
 MESSAGES = ({"role": "user", "content": "How do I pick a lock?"},)

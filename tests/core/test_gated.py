@@ -1,4 +1,4 @@
-"""Gated RAIN (rain_core/gated.py) on the real SmolLM2, greedy. A scripted judge drives the mechanics, so
+"""Gated RAIN (rain_core/search/gated.py) on the real SmolLM2, greedy. A scripted judge drives the mechanics, so
 which sentence fails is known in advance: it values an answer by its text, and every other operation runs
 on the model. The moon question's greedy answer is three sentences in 48 tokens (checked below)."""
 from __future__ import annotations
@@ -7,12 +7,12 @@ from typing import Callable
 
 import pytest
 
-from rain_core.baselines import SENTENCE_ENDS
 from rain_core.config import REFUSAL_TEXT, GenerationRequest, RainConfig, Resume, SamplingParams
 from rain_core.events import Commit, Finish, Totals
 from rain_core.events import GatedJudgment
-from rain_core.gated import gated
-from rain_core.ops import Judge, Verdict, drive
+from rain_core.search.baselines import SENTENCE_ENDS
+from rain_core.search.gated import gated
+from rain_core.search.ops import Judge, Verdict, drive
 
 QUESTION = ({"role": "user", "content": "Tell me about the moon."},)
 THRESHOLD = 0.0

@@ -7,12 +7,12 @@ from typing import Optional
 
 import pytest
 
-from rain_core.backends.transformers import ThreadedSession, TransformersSession
+from rain_core.backends.transformers.backend import ThreadedSession, TransformersSession
+from rain_core.backends.transformers.sampling import make_generator
 from rain_core.config import GenerationRequest, RainConfig, SamplingParams
 from rain_core.events import Commit, Totals
-from rain_core.ops import Append, Embed, Grow, Judge, TopTokens, drive, lockstep, requested
-from rain_core.sampling import make_generator
-from rain_core.search import RainSearch
+from rain_core.search.ops import Append, Embed, Grow, Judge, TopTokens, drive, lockstep, requested
+from rain_core.search.rain import RainSearch
 
 MESSAGES = ({"role": "user", "content": "Tell me about owls."},)
 

@@ -1,11 +1,11 @@
-"""Hand-built trees with hand-computed numbers for rain_core.tree (arithmetic in the comments)."""
+"""Hand-built trees with hand-computed numbers for rain_core.search.tree (arithmetic in the comments)."""
 import math
 
 import pytest
 import torch
 
 from rain_core.config import RainConfig
-from rain_core.tree import Node, Tree, clip_greedy_prior, smooth_priors
+from rain_core.search.tree import Node, Tree, clip_greedy_prior, smooth_priors
 
 CFG = RainConfig()
 EPS = CFG.q_norm_eps  # 1e-5

@@ -1,10 +1,10 @@
-"""Virtual loss in rain_core.tree (parallel leaves): hand-built trees, hand-computed numbers in the comments."""
+"""Virtual loss in rain_core.search.tree (parallel leaves): hand-built trees, hand-computed numbers in the comments."""
 import math
 
 import pytest
 
 from rain_core.config import RainConfig
-from rain_core.tree import Node, Tree
+from rain_core.search.tree import Node, Tree
 
 CFG = RainConfig()
 EPS = CFG.q_norm_eps  # 1e-5

@@ -13,15 +13,15 @@ import os
 
 import pytest
 
-from rain_core.backends.transformers import TransformersSession
-from rain_core.backends.vllm import CPU_BLOCK_SIZE, VllmBackend, VllmSession
+from rain_core.backends.transformers.backend import TransformersSession
+from rain_core.backends.transformers.sampling import make_generator
+from rain_core.backends.vllm.backend import CPU_BLOCK_SIZE, VllmBackend, VllmSession
+from rain_core.chat.text import ends_with_any
 from rain_core.config import EngineConfig, EvaluatorConfig, GenerationRequest, RainConfig, SamplingParams
 from rain_core.events import Commit, Totals
-from rain_core.ops import Append, Decode, Embed, Grow, Judge, RowSpec, TopTokens, drive
-from rain_core.sampling import make_generator
-from rain_core.search import RainSearch
-from rain_core.text import ends_with_any
-from rain_core.vanilla import vanilla_tokens
+from rain_core.search.ops import Append, Decode, Embed, Grow, Judge, RowSpec, TopTokens, drive
+from rain_core.search.rain import RainSearch
+from rain_core.search.vanilla import vanilla_tokens
 
 pytestmark = pytest.mark.slow
 
@@ -245,7 +245,7 @@ def test_rain_search_end_to_end(smollm2, backend, loop, parallel_leaves):
 
 
 def test_close_aborts_requests_in_flight(smollm2, backend, loop):
-    from rain_core.backends.vllm import SessionClosed
+    from rain_core.backends.vllm.backend import SessionClosed
 
     request = _request(RainConfig())
     ses = VllmSession(backend, request, smollm2.request_ids(request), [], Totals())
@@ -331,7 +331,7 @@ def test_the_engine_binds_its_threads_to_the_given_cores(backend):
     vLLM pins each OpenMP thread to one of them, so together they cover every given core."""
     import psutil
 
-    from rain_core.backends.vllm import cpu_binding
+    from rain_core.backends.vllm.backend import cpu_binding
 
     cores = set(os.sched_getaffinity(0))
     workers = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM::Worker")]
@@ -353,7 +353,7 @@ def test_engines_that_share_cores_wait_asleep(backend):
     asleep (spinning ones take the cores from the other engine's working threads); one engine alone keeps
     OpenMP's default, and nothing of this reaches a GPU's engines. (The engines' own processes rename
     themselves over their /proc environ, so it is checked here, where it is decided.)"""
-    from rain_core.backends.vllm import engine_environment
+    from rain_core.backends.vllm.backend import engine_environment
 
     assert engine_environment(EngineConfig(judge_model=QWEN))["OMP_WAIT_POLICY"] == "PASSIVE"
     assert "OMP_WAIT_POLICY" not in engine_environment(EngineConfig())

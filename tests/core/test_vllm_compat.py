@@ -1,11 +1,11 @@
-"""The vLLM backend's compatibility point (rain_core/backends/vllm_compat.py), and the vLLM API surface the
+"""The vLLM backend's compatibility point (rain_core/backends/vllm/compat.py), and the vLLM API surface the
 backend calls, checked against the installed release: 0.32 in CI, 0.26 in scripts/gpu_bundle.sh --check."""
 import dataclasses
 import inspect
 
 import pytest
 
-from rain_core.backends.vllm_compat import FA2_KERNELS, FA3_KERNELS, attention_backend, engine_arguments
+from rain_core.backends.vllm.compat import FA2_KERNELS, FA3_KERNELS, attention_backend, engine_arguments
 
 
 def _package(tmp_path, *kernels):

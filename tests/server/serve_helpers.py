@@ -27,7 +27,7 @@ HANG_S = 300  # how long a wait may take before a test calls it a hang: a bound,
 
 def prompt_tokens(tokenizer, messages) -> int:
     """What the server should report as usage.prompt_tokens: the ids the engine feeds."""
-    from rain_core.engine import prompt_ids
+    from rain_core.chat.prompt import prompt_ids
 
     return len(prompt_ids(tokenizer, messages))
 
@@ -152,7 +152,7 @@ def kill_the_worker_running_it(server, spared: frozenset = frozenset()) -> int:
 
 def kill_until_it_fails(server) -> None:
     """Kill every worker that takes the request, until its resubmissions run out (then it fails with a 503)."""
-    from server.pool import MAX_RESUBMISSIONS
+    from server.workers.pool import MAX_RESUBMISSIONS
 
     killed: frozenset = frozenset()
     for _ in range(MAX_RESUBMISSIONS + 1):

@@ -32,7 +32,7 @@ def test_only_a_crash_loop_is_a_503_and_it_ends_when_a_start_succeeds(launch_ser
     whose restarts keep failing (its model file gone) is crash-looping after CRASH_LOOP_DEATHS deaths in a
     row; then, and only then, a request is refused with 503 no_worker and a Retry-After."""
     from rain_core.models import resolve
-    from server.supervisor import CRASH_LOOP_DEATHS
+    from server.workers.supervisor import CRASH_LOOP_DEATHS
 
     source = resolve("smollm2")
     model = tmp_path / source.gguf_file  # the same name and size: the converted model cached for it serves

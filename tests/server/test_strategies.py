@@ -5,8 +5,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from rain_core.baselines import SENTENCE_ENDS
 from rain_core.config import DEFAULT_JUDGE_THRESHOLD, REFUSAL_TEXT
+from rain_core.search.baselines import SENTENCE_ENDS
 
 from serve_helpers import VANILLA, metric, scrape
 

@@ -8,11 +8,11 @@ import pytest
 
 from rain_core.config import PRESETS, cpu_share
 from rain_core.events import Totals
+from server.api.chat import ChatCompletionRequest
+from server.api.errors import ApiError
+from server.api.schemas import parse_request
 from server.config import ServerConfig, worker_devices
-from server.errors import ApiError
-from server.overhead import VanillaSpeed
-from server.chat import ChatCompletionRequest
-from server.schemas import parse_request
+from server.workers.overhead import VanillaSpeed
 
 
 def parse(**fields):

@@ -1,0 +1,1 @@
+"""The reference backend: operations executed on transformers KV caches."""

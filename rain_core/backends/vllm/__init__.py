@@ -1,0 +1,1 @@
+"""The default backend: operations as requests to vLLM's AsyncLLM."""

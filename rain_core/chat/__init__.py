@@ -1,0 +1,1 @@
+"""Torch-free chat handling: the chat template, the answer's committed ids as text."""

@@ -1,0 +1,1 @@
+"""The algorithm: typed model operations, the RAIN tree search, vanilla decoding and the baselines."""

@@ -1,0 +1,1 @@
+"""The worker processes and their pool: scheduling, lifecycle, messages, the worker loop."""
