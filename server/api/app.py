@@ -7,7 +7,6 @@ to answer /health and /metrics while the workers search.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 import uuid
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sse_starlette import EventSourceResponse
 
@@ -24,6 +23,7 @@ from rain_core.chat.prompt import RequestError
 from rain_core.models import resolve
 
 from server.api import openapi
+from server.api.bodies import Health, ModelCard, ModelList
 from server.api.chat import ChatCompletionRequest, ChatRender
 from server.api.completions import CompletionRender, CompletionRequest
 from server.api.errors import CLIENT_CLOSED, ApiError, echo, install_handlers
@@ -92,9 +92,9 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
 
-    def model_card() -> dict:
-        return {"id": model, "object": "model", "created": started, "owned_by": "rain-serve",
-                "judge_model": judge_model, "judge_threshold": config.judge_threshold}
+    def model_card() -> ModelCard:
+        return ModelCard(id=model, object="model", created=started, owned_by="rain-serve", judge_model=judge_model,
+                         judge_threshold=config.judge_threshold)
 
     def known_model(name: str) -> None:
         if name not in (model, config.model_alias):
@@ -142,23 +142,23 @@ def create_app(config: ServerConfig) -> FastAPI:
                 yield renderer.usage(dones)
         except ApiError as error:  # the stream has started: the error goes in-band
             in_band(error)
-            yield json.dumps(error.body())
+            yield error.body().dump()
         yield "[DONE]"
 
     async def choices_response(request: Request, admitted: Admitted, renderer):
         if admitted.body.stream:
             return EventSourceResponse(choices_stream(admitted, renderer), ping=KEEPALIVE_S, sep="\n")
         result = await unless_disconnected(request, outcomes(admitted.runs))
-        return Response(status_code=CLIENT_CLOSED) if result is None else JSONResponse(renderer.completion(result))
+        return Response(status_code=CLIENT_CLOSED) if result is None else renderer.completion(result).as_response()
 
     @v1.get("/models", **openapi.MODELS)
-    async def list_models() -> dict:
-        return {"object": "list", "data": [model_card()]}
+    async def list_models() -> Response:
+        return ModelList(object="list", data=[model_card()]).as_response()
 
     @v1.get("/models/{name:path}", **openapi.MODEL)
-    async def get_model(name: str) -> dict:
+    async def get_model(name: str) -> Response:
         known_model(name)
-        return model_card()
+        return model_card().as_response()
 
     @v1.post("/chat/completions", **openapi.CHAT)
     async def chat_completions(request: Request):
@@ -180,17 +180,17 @@ def create_app(config: ServerConfig) -> FastAPI:
         if admitted.body.stream:
             return EventSourceResponse(renderer.stream(run, in_band), ping=KEEPALIVE_S, sep="\n")
         result = await unless_disconnected(request, run.outcome())
-        return Response(status_code=CLIENT_CLOSED) if result is None else JSONResponse(renderer.complete(result))
+        return Response(status_code=CLIENT_CLOSED) if result is None else renderer.complete(result).as_response()
 
     app.include_router(v1)
     app.include_router(playground)
 
     @app.get("/health", **openapi.HEALTH)
-    async def health() -> JSONResponse:
+    async def health() -> Response:
         status = health_status(pool, prompts.ready)
-        body = {"status": status, "model": model, "running": len(pool.running), "waiting": len(pool.waiting),
-                "workers": pool.describe()}
-        return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
+        body = Health(status=status, model=model, running=len(pool.running), waiting=len(pool.waiting),
+                      workers=pool.describe())
+        return body.as_response(503 if status == "unavailable" else 200)
 
     @app.get("/metrics", **openapi.METRICS)
     async def prometheus() -> Response:

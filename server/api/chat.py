@@ -1,7 +1,6 @@
 """POST /v1/chat/completions: the request, and the chat.completion and chat.completion.chunk bodies."""
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, ClassVar, Literal, Optional, Sequence
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -9,6 +8,8 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from rain_core.config import GenerationRequest, RainConfig, SamplingParams
 
 from server.api import render
+from server.api.bodies import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatLogprobs, ChunkChoice,
+                               ChunkDelta)
 from server.api.run import Outcome, Run, Step
 from server.api.schemas import MAX_TOP_LOGPROBS, UNSUPPORTED, ChoicesBody, Strict, empty_or_none, text_or_parts
 from server.api.tokens import TokenTexts
@@ -99,49 +100,45 @@ class ChatCompletionRequest(ChoicesBody):
 
 
 class ChatRender:
-    """One chat completion's bodies, streamed (as JSON strings) or whole."""
+    """One chat completion's bodies, streamed (each chunk dumped to its JSON) or whole."""
 
     def __init__(self, response_id: str, created: int, model: str, texts: TokenTexts, include_usage: bool = False):
         self.id, self.created, self.model, self.texts = response_id, created, model, texts
         self.include_usage = include_usage
 
-    def _logprobs(self, deltas: Sequence[Delta]) -> dict:
-        return {"content": [e for d in deltas for e in self.texts.chat_content(d.logprobs or [])], "refusal": None}
+    def _logprobs(self, deltas: Sequence[Delta]) -> ChatLogprobs:
+        return ChatLogprobs(content=[e for d in deltas for e in self.texts.chat_content(d.logprobs or [])], refusal=None)
 
-    def completion(self, outcomes: Sequence[Outcome]) -> dict:
-        choices = [{
-            "index": i,
-            "message": {"role": "assistant", "content": o.text, "refusal": None},
-            "logprobs": self._logprobs(o.deltas) if o.wants_logprobs else None,
-            "finish_reason": render.finish_reason(o.done),
-            "rain": render.full_summary(o.job, o.deltas, o.done),
-        } for i, o in enumerate(outcomes)]
-        body = {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "choices": choices, "usage": render.usage([o.done for o in outcomes])}
-        if len(outcomes) == 1:
-            body["rain"] = choices[0]["rain"]  # the one choice's, where clients of n=1 read it
-        return body
+    def completion(self, outcomes: Sequence[Outcome]) -> ChatCompletion:
+        choices = [ChatChoice(
+            index=i,
+            message=AssistantMessage(role="assistant", content=o.text, refusal=None),
+            logprobs=self._logprobs(o.deltas) if o.wants_logprobs else None,
+            finish_reason=render.finish_reason(o.done),
+            rain=render.full_summary(o.job, o.deltas, o.done),
+        ) for i, o in enumerate(outcomes)]
+        one = {"rain": choices[0].rain} if len(outcomes) == 1 else {}  # the one choice's, where clients of n=1 read it
+        return ChatCompletion(id=self.id, object="chat.completion", created=self.created, model=self.model,
+                              choices=choices, usage=render.usage([o.done for o in outcomes]), **one)
 
-    def _chunk(self, choices: list[dict], **extra) -> str:
-        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": choices}
-        if self.include_usage:
-            body["usage"] = None  # as OpenAI does: only the last chunk carries usage
-        return json.dumps({**body, **extra})
+    def _chunk(self, choices: list[ChunkChoice], **extra) -> str:
+        usage = {"usage": None} if self.include_usage else {}  # as OpenAI does: only the last chunk carries usage
+        return ChatCompletionChunk(id=self.id, object="chat.completion.chunk", created=self.created, model=self.model,
+                                   choices=choices, **{**usage, **extra}).dump()
 
     def opening(self, choices: int) -> list[str]:
         """Each choice's first chunk, which names the role."""
-        return [self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                              "finish_reason": None}]) for i in range(choices)]
+        return [self._chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""), logprobs=None,
+                                         finish_reason=None)]) for i in range(choices)]
 
     def step(self, index: int, run: Run, step: Step) -> str:
         """One committed set (under RAIN with its search), or the end of a choice with its summary."""
         delta, done = step.delta, step.done
-        choice = {"index": index, "delta": {"content": delta.text} if delta else {},
-                  "logprobs": self._logprobs([delta]) if delta and run.wants_logprobs else None,
-                  "finish_reason": done and render.finish_reason(done)}
+        choice = ChunkChoice(index=index, delta=ChunkDelta(content=delta.text) if delta else ChunkDelta(),
+                             logprobs=self._logprobs([delta]) if delta and run.wants_logprobs else None,
+                             finish_reason=done and render.finish_reason(done))
         rain = render.streamed_rain(run.job, delta, done)
-        return self._chunk([choice], **({"rain": rain} if rain else {}))
+        return self._chunk([choice], **({"rain": rain} if rain is not None else {}))
 
     def usage(self, dones: Sequence[Done]) -> str:
         return self._chunk([], usage=render.usage(dones))

@@ -2,7 +2,6 @@
 text_completion bodies. Under RAIN the self-evaluation sees the prompt as the user's turn."""
 from __future__ import annotations
 
-import json
 from typing import ClassVar, Optional, Sequence
 
 from pydantic import Field
@@ -10,6 +9,7 @@ from pydantic import Field
 from rain_core.config import GenerationRequest, RainConfig, SamplingParams
 
 from server.api import render
+from server.api.bodies import CompletionChoice, CompletionLogprobs, TextCompletion
 from server.api.run import Outcome, Run, Step
 from server.api.schemas import MAX_TOP_LOGPROBS, UNSUPPORTED, ChoicesBody
 from server.api.tokens import TokenTexts
@@ -43,27 +43,25 @@ class CompletionRender:
         self.include_usage = include_usage
         self.offsets: dict[int, int] = {}  # streamed text so far, per choice: where logprobs' offsets start
 
-    def _logprobs(self, index: int, deltas: Sequence[Delta]) -> dict:
+    def _logprobs(self, index: int, deltas: Sequence[Delta]) -> CompletionLogprobs:
         offset = self.offsets.get(index, 0)
         entries = [t for d in deltas for t in d.logprobs or []]
         self.offsets[index] = offset + sum(len(d.text) for d in deltas)
-        return self.texts.completion_logprobs(entries, offset)
+        return CompletionLogprobs(**self.texts.completion_logprobs(entries, offset))
 
-    def _body(self, choices: list[dict], **extra) -> dict:
-        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                "choices": choices, **extra}
+    def _body(self, choices: list[CompletionChoice], **extra) -> TextCompletion:
+        return TextCompletion(id=self.id, object="text_completion", created=self.created, model=self.model,
+                              choices=choices, **extra)
 
-    def completion(self, outcomes: Sequence[Outcome]) -> dict:
-        choices = [{
-            "index": i, "text": o.text,
-            "logprobs": self._logprobs(i, o.deltas) if o.wants_logprobs else None,
-            "finish_reason": render.finish_reason(o.done),
-            "rain": render.full_summary(o.job, o.deltas, o.done),
-        } for i, o in enumerate(outcomes)]
-        body = self._body(choices, usage=render.usage([o.done for o in outcomes]))
-        if len(outcomes) == 1:
-            body["rain"] = choices[0]["rain"]
-        return body
+    def completion(self, outcomes: Sequence[Outcome]) -> TextCompletion:
+        choices = [CompletionChoice(
+            index=i, text=o.text,
+            logprobs=self._logprobs(i, o.deltas) if o.wants_logprobs else None,
+            finish_reason=render.finish_reason(o.done),
+            rain=render.full_summary(o.job, o.deltas, o.done),
+        ) for i, o in enumerate(outcomes)]
+        one = {"rain": choices[0].rain} if len(outcomes) == 1 else {}
+        return self._body(choices, usage=render.usage([o.done for o in outcomes]), **one)
 
     @staticmethod
     def opening(choices: int) -> list[str]:
@@ -71,12 +69,12 @@ class CompletionRender:
 
     def step(self, index: int, run: Run, step: Step) -> str:
         delta, done = step.delta, step.done
-        choice = {"index": index, "text": delta.text if delta else "",
-                  "logprobs": self._logprobs(index, [delta]) if delta and run.wants_logprobs else None,
-                  "finish_reason": done and render.finish_reason(done)}
+        choice = CompletionChoice(index=index, text=delta.text if delta else "",
+                                  logprobs=self._logprobs(index, [delta]) if delta and run.wants_logprobs else None,
+                                  finish_reason=done and render.finish_reason(done))
         rain = render.streamed_rain(run.job, delta, done)
         extra = {"usage": None} if self.include_usage else {}
-        return json.dumps(self._body([choice], **extra, **({"rain": rain} if rain else {})))
+        return self._body([choice], **extra, **({"rain": rain} if rain is not None else {})).dump()
 
     def usage(self, dones: Sequence[Done]) -> str:
-        return json.dumps(self._body([], usage=render.usage(dones)))
+        return self._body([], usage=render.usage(dones)).dump()

@@ -6,8 +6,10 @@ import logging
 from typing import Callable, Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+
+from server.api.bodies import ErrorBody, ErrorDetail
 
 log = logging.getLogger("rain_serve")
 
@@ -50,11 +52,11 @@ class ApiError(Exception):
     def type(self) -> str:
         return TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
 
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+    def body(self) -> ErrorBody:
+        return ErrorBody(error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code))
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def response(self) -> Response:
+        return self.body().as_response(self.status, self.headers)
 
 
 class ClientGone(Exception):
@@ -77,12 +79,12 @@ def echo(value: object) -> str:
 def install_handlers(app: FastAPI, count: Callable[[str], None]) -> None:
     """Render every exception as an OpenAI error; `count(type)` feeds the error metric."""
 
-    def respond(error: ApiError) -> JSONResponse:
+    def respond(error: ApiError) -> Response:
         count(error.type)
         return error.response()
 
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def api_error(_: Request, exc: ApiError) -> Response:
         return respond(exc)
 
     @app.exception_handler(ClientGone)
@@ -91,10 +93,10 @@ def install_handlers(app: FastAPI, count: Callable[[str], None]) -> None:
         return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(_: Request, exc: HTTPException) -> Response:
         return respond(ApiError(exc.status_code, str(exc.detail), headers=exc.headers))
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error")  # the traceback stays in the server's log
         return respond(ApiError(500, "internal server error", code="internal_error"))

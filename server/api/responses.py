@@ -8,7 +8,6 @@ its get_final_response() needs `response.completed`).
 """
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Annotated, Any, AsyncIterator, ClassVar, Literal, Optional
 
@@ -17,6 +16,8 @@ from pydantic import Field, WithJsonSchema, field_validator, model_validator
 from rain_core.config import GenerationRequest, RainConfig, SamplingParams
 
 from server.api import render
+from server.api.bodies import (OutputMessage, OutputText, RainSummary, ResponseObject, ResponseStreamEvent,
+                               ResponseUsage)
 from server.api.chat import ROLES
 from server.api.errors import ApiError
 from server.api.run import Outcome, Run
@@ -101,10 +102,10 @@ class ResponsesRequest(GenerationBody):
         return GenerationRequest(self.turns(), params, rain)
 
 
-def _usage(done) -> dict:
+def _usage(done) -> ResponseUsage:
     prompt, completion = render.token_counts([done])
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": completion,
-            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + completion}
+    return ResponseUsage(input_tokens=prompt, input_tokens_details={"cached_tokens": 0}, output_tokens=completion,
+                         output_tokens_details={"reasoning_tokens": 0}, total_tokens=prompt + completion)
 
 
 class ResponseRender:
@@ -114,47 +115,47 @@ class ResponseRender:
         self.item_id = f"msg_{uuid.uuid4().hex}"
         self.sequence = 0
 
-    def _message(self, text: str, status: str) -> dict:
-        return {"type": "message", "id": self.item_id, "status": status, "role": "assistant",
-                "content": [self._part(text)] if status == "completed" else []}
+    def _message(self, text: str, status: str) -> OutputMessage:
+        return OutputMessage(type="message", id=self.item_id, status=status, role="assistant",
+                             content=[self._part(text)] if status == "completed" else [])
 
     @staticmethod
-    def _part(text: str) -> dict:
-        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    def _part(text: str) -> OutputText:
+        return OutputText(type="output_text", text=text, annotations=[], logprobs=[])
 
-    def response(self, status: str, text: str = "", done=None, rain: Optional[dict] = None) -> dict:
+    def response(self, status: str, text: str = "", done=None, rain: Optional[RainSummary] = None) -> ResponseObject:
         """The `response` object: in progress (no output yet), completed, or incomplete."""
         finished = done is not None
-        return {
-            "id": self.id, "object": "response", "created_at": self.created, "status": status,
-            "model": self.model,
-            "output": [self._message(text, "completed")] if finished else [],
-            "usage": _usage(done) if finished else None,
-            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-            "error": None,
-            "instructions": self.body.instructions,
-            "max_output_tokens": self.max_output_tokens,
-            "temperature": self.body.temperature,
-            "top_p": self.body.top_p,
-            "parallel_tool_calls": False, "tool_choice": "none", "tools": [],
-            "text": {"format": {"type": "text"}}, "truncation": "disabled", "store": False,
-            "metadata": {}, "previous_response_id": None, "reasoning": None,
-            "user": self.body.user,
-            "rain": rain,
-        }
+        return ResponseObject(
+            id=self.id, object="response", created_at=self.created, status=status, model=self.model,
+            output=[self._message(text, "completed")] if finished else [],
+            usage=_usage(done) if finished else None,
+            incomplete_details={"reason": "max_output_tokens"} if status == "incomplete" else None,
+            error=None,
+            instructions=self.body.instructions,
+            max_output_tokens=self.max_output_tokens,
+            temperature=self.body.temperature,
+            top_p=self.body.top_p,
+            parallel_tool_calls=False, tool_choice="none", tools=[],
+            text={"format": {"type": "text"}}, truncation="disabled", store=False,
+            metadata={}, previous_response_id=None, reasoning=None,
+            user=self.body.user,
+            rain=rain,
+        )
 
     @staticmethod
     def status(done) -> str:
         return "incomplete" if render.finish_reason(done) == "length" else "completed"
 
-    def complete(self, outcome: Outcome) -> dict:
+    def complete(self, outcome: Outcome) -> ResponseObject:
         return self.response(self.status(outcome.done), outcome.text, outcome.done,
                              render.full_summary(outcome.job, outcome.deltas, outcome.done))
 
     def _event(self, kind: str, **fields) -> dict:
         """One SSE event: the `event:` line names it, and the data repeats it as `type`, as OpenAI does."""
         self.sequence += 1
-        return {"event": kind, "data": json.dumps({"type": kind, "sequence_number": self.sequence - 1, **fields})}
+        event = ResponseStreamEvent(type=kind, sequence_number=self.sequence - 1, **fields)
+        return {"event": kind, "data": event.dump()}
 
     async def stream(self, run: Run, on_error) -> AsyncIterator[dict]:
         where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}

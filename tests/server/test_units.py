@@ -86,7 +86,7 @@ def test_fields_at_their_off_value_are_accepted(fields):
 def test_invalid_requests_name_the_parameter(fields, param):
     error = refusal(**fields)
     assert error.param == param
-    assert error.body()["error"]["type"] == "invalid_request_error"
+    assert error.body().error.type == "invalid_request_error"
 
 
 def test_not_json_is_a_400():
