@@ -180,7 +180,7 @@ check_drain() {  # a stream in flight when `docker stop` comes ends whole, and t
   say "ok   docker stop drained the stream and exited 0 in $took s (grace $grace s)"
 }
 
-check_logs() {  # "2026-12-06 19:00:00,123 api INFO server.api.app: ..." lines: time, process, level, logger
+check_logs() {  # "2026-12-06 19:00:00,123 api INFO rain_serve.pool: ..." lines: time, process, level, logger
   local pattern='^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:,]+ [a-z0-9-]+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) [A-Za-z0-9_.]+: '
   local lines
   lines="$(docker logs "$1" 2>&1 | grep -cE "$pattern" || true)"

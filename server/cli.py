@@ -12,6 +12,10 @@ from rain_core.config import VLLM_GPU_MEMORY
 from server.config import ServerConfig
 
 DRAIN_MARGIN_S = 15.0  # beyond --request-timeout, for the last in-flight request to finish its reply
+# An idle connection outlives the idle timeouts of clients and load balancers in front (httpx and the OpenAI
+# SDK 5 s, AWS ALB 60 s), so they close it first: a request is then never sent on a connection the server is
+# closing at that moment, which the client sees as a disconnect without a response (uvicorn's default is 5 s).
+KEEP_ALIVE_S = 75
 
 
 def _positive(kind):
@@ -118,8 +122,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"rain-serve: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info",
-                timeout_graceful_shutdown=int(config.request_timeout + DRAIN_MARGIN_S))
+    # log_config None: uvicorn's own lines (access lines included) go through the format above, with their time
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info", log_config=None,
+                timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=int(config.request_timeout + DRAIN_MARGIN_S))
     return 0
 
 
