@@ -147,8 +147,9 @@ def test_vllm_batches_concurrent_requests(judged_server):
 
 @vllm_only
 def test_a_dead_engine_takes_its_worker_down_and_its_stream_resumes_on_the_restarted_worker(judged_server):
-    """The judge's engine, the second the worker starts, dies alone: either engine's death ends the worker,
-    and the stream in flight on the served model resumes on the restarted worker, unchanged."""
+    """The served model's engine, the first of the worker's two, dies alone (SIGKILL of its engine-core
+    process): the worker goes down with it, and the stream in flight resumes on the restarted worker,
+    unchanged. (The judge's engine dying is the soak's kill_judge_engine fault: bench/soak.py.)"""
     reference = httpx.post(judged_server.base_url + "/v1/chat/completions", json=chat_body(LONG, max_tokens=60, **VANILLA),
                            timeout=600).json()["choices"][0]["message"]["content"]
     pid = judged_server.health()[1]["workers"][0]["pid"]
@@ -156,7 +157,7 @@ def test_a_dead_engine_takes_its_worker_down_and_its_stream_resumes_on_the_resta
     assert len(cores) == 2, f"the worker has {cores} engine processes, not the served model's and the judge's"
     stream = long_stream(judged_server, 60, **VANILLA)
     stream.wait_for_payloads(1 + 5)
-    os.kill(cores[-1], signal.SIGKILL)
+    os.kill(cores[0], signal.SIGKILL)
     assert len(stream.data) < 1 + 60, "the stream ended before the engine was killed"
     judged_server.wait_for(lambda h: h["workers"][0]["pid"] != pid and h["status"] == "ok", timeout_s=900,
                            what="a restarted worker")
