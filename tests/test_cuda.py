@@ -16,7 +16,6 @@ import torch
 from rain_core.backends.transformers.runner import TreeLayout
 from rain_core.config import EngineConfig, GenerationRequest, RainConfig, SamplingParams
 from rain_core.engine import Engine
-from rain_core.models import resolve
 from rain_core.search.tree import Node, Tree
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -36,7 +36,7 @@ import random
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Any, Optional
 
 from rain_core.backends.base import Backend, EngineDead
 from rain_core.backends.vllm.compat import engine_arguments
