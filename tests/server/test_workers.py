@@ -74,10 +74,11 @@ def test_sigterm_to_every_process_group_drains_in_flight_requests(pair):
     for worker in health["workers"]:
         os.kill(worker["pid"], signal.SIGTERM)
     os.killpg(pair.process.pid, signal.SIGTERM)
-    while True:  # until a new connection is refused
+    while True:  # until a new connection is no longer served
         try:
             httpx.get(pair.base_url + "/health", timeout=HANG_S)
-        except httpx.ConnectError:
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+            # Refused, or accepted in the instant the socket closed and then dropped unanswered as idle.
             break
     assert stream.is_alive(), "the stream ended before the server stopped listening"
     chunks = stream.chunks  # finished, not cut
