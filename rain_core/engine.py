@@ -114,6 +114,8 @@ class Engine:
             tail = g.answer.end(step.finish_reason)
             return Commit([], tail, finish_reason=g.answer.finish_reason)
         g.totals.commits += 1
+        if step.token_ids:
+            g.totals.mark_first_token(time.perf_counter() - g.started)
         return g.answer.commit(step.token_ids, step.stats, step.logprobs)
 
     def _end(self, g: Generation) -> Finish:

@@ -65,6 +65,12 @@ class Totals:
     tokens_fed: int = 0  # tokens the served model computed for this request (prompt included; prefix-cache hits not)
     judge_tokens_fed: int = 0  # tokens a separate --judge-model computed for it
     wall_s: float = 0.0  # from the engine's start on the request to its end
+    first_token_s: Optional[float] = None  # from the engine's start to its first committed token
+    # On a backend whose requests take turns on one model thread (transformers): its calls there, and how long
+    # they waited for other requests' calls, in all and before its first token. 0 where requests share batches.
+    model_calls: int = 0
+    model_wait_s: float = 0.0
+    model_wait_first_s: float = 0.0
 
     def count(self, tokens: int, judge: bool = False) -> None:
         """One model call that computed `tokens` tokens, on the served model or on a --judge-model."""
@@ -76,6 +82,16 @@ class Totals:
             self.judge_tokens_fed += tokens
         else:
             self.tokens_fed += tokens
+
+    def add_wait(self, seconds: float) -> None:
+        """One call to a shared model thread, which started `seconds` after it was asked for."""
+        self.model_calls += 1
+        self.model_wait_s += seconds
+
+    def mark_first_token(self, elapsed_s: float) -> None:
+        if self.first_token_s is None:
+            self.first_token_s = elapsed_s
+            self.model_wait_first_s = self.model_wait_s
 
     def as_dict(self) -> dict:
         return asdict(self)

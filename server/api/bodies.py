@@ -48,6 +48,10 @@ class RainSummary(Doc):
     tokens_fed: int  # tokens the served model computed for this generation (prefix-cache hits not)
     judge_tokens_fed: int  # tokens a separate --judge-model computed for it
     wall_s: float  # from the engine's start on it to its end
+    first_token_s: Optional[float]  # from the engine's start to its first committed token
+    model_calls: int  # transformers backend: its calls to the model thread that requests take turns on (0 on vLLM)
+    model_wait_s: float  # of wall_s: how long those calls waited for other requests' calls
+    model_wait_first_s: float  # of first_token_s: the same
     worker_s: float  # its wall time in its worker, from its arrival there to its end
     queue_s: float
     vanilla_estimate_s: Optional[float]  # vanilla decoding of the same prompt and answer length, on the same engine now

@@ -26,7 +26,7 @@ from rain_core.config import GenerationRequest, RainConfig, SamplingParams
 from rain_core.engine import Engine
 from rain_core.events import Commit, Event, Finish, Totals
 
-from server.workers.overhead import VanillaSpeed
+from server.workers.overhead import VanillaSpeed, wait_per_call
 from server.workers.protocol import (HEARTBEAT_S, Cancel, Cancelled, Delta, Done, Failed, FromWorker, Heartbeat, Ready, Shutdown,
                        Submit, WorkerConfig)
 
@@ -46,7 +46,6 @@ class Job:
     id: Optional[str]  # None: a shadow vanilla re-decode that nobody waits for
     request: GenerationRequest
     received: float = field(default_factory=time.perf_counter)
-    first_token_s: Optional[float] = None  # from `received` to its first committed token
     last: Optional[Delta] = None  # the set that ended the answer, sent with its Done
 
     def elapsed(self) -> float:
@@ -94,17 +93,16 @@ class Worker:
         """Measure vanilla latency before serving (the first pass only warms up), so the first RAIN request
         already gets an overhead figure; optionally load what RAIN needs too (the encoder, each judge's prefix)."""
         for _ in range(2):
-            job = Job(None, CALIBRATION)
-            finish = await self._events_to_end(job)
-        self.speed.observe(finish.totals, job.first_token_s, job.elapsed())
+            finish = await self._events_to_end(CALIBRATION)
+        self.speed.observe(finish.totals)
         if self.config.warm_rain:
             for judge in self.engine.backend.judges:
                 tiny = RainConfig().with_overrides(max_iters=1, min_iters=1, judge=judge)
-                await self._events_to_end(Job(None, replace(CALIBRATION, params=SamplingParams(max_new_tokens=1), rain=tiny)))
+                await self._events_to_end(replace(CALIBRATION, params=SamplingParams(max_new_tokens=1), rain=tiny))
 
-    async def _events_to_end(self, job: Job) -> Finish:
-        async for event in self.engine.generate(job.request):
-            self._note_first_token(job, event)
+    async def _events_to_end(self, request: GenerationRequest) -> Finish:
+        async for event in self.engine.generate(request):
+            pass
         return event
 
     async def _watch_engine(self) -> None:
@@ -152,7 +150,6 @@ class Worker:
     async def _run(self, job: Job) -> None:
         try:
             async for event in self.engine.generate(job.request):
-                self._note_first_token(job, event)
                 self._deliver(job, event)
         except RequestError as exc:
             self._fail(job, 400, str(exc), exc.param)
@@ -165,11 +162,6 @@ class Worker:
         finally:
             if job.id is not None:
                 self.tasks.pop(job.id, None)
-
-    @staticmethod
-    def _note_first_token(job: Job, event: Event) -> None:
-        if job.first_token_s is None and isinstance(event, Commit) and event.token_ids:
-            job.first_token_s = job.elapsed()
 
     def _deliver(self, job: Job, event: Event) -> None:
         if isinstance(event, Commit) and job.id is not None:
@@ -189,7 +181,7 @@ class Worker:
         totals, worker_s = finish.totals, job.elapsed()
         estimate = ratio = None
         if job.request.rain is None:
-            if not job.request.resume and self.speed.observe(totals, job.first_token_s, worker_s):
+            if not job.request.resume and self.speed.observe(totals):
                 self.send(self.speed.snapshot())
         else:
             estimate = self._vanilla_estimate(job.request, totals)
@@ -200,10 +192,12 @@ class Worker:
                            self.engine.backend.take_loads(), self._work_ratios(totals)))
 
     def _vanilla_estimate(self, request: GenerationRequest, totals: Totals) -> Optional[float]:
-        """How long vanilla decoding of the same prompt and answer length takes here now. A resumed request's
-        part here is the prompt plus the resumed prefix fed, the tokens after it decoded."""
+        """How long vanilla decoding of the same prompt and answer length takes here now, under the load this
+        request met. A resumed request's part here is the prompt plus the resumed prefix fed, the tokens after
+        it decoded."""
         resumed = len(request.resume.token_ids) if request.resume else 0
-        return self.speed.estimate(totals.prompt_tokens + resumed, totals.completion_tokens - resumed)
+        return self.speed.estimate(totals.prompt_tokens + resumed, totals.completion_tokens - resumed,
+                                   wait_per_call(totals))
 
     def _work_ratios(self, totals: Totals) -> dict[str, float]:
         """Tokens each model computed for this request over a vanilla answer's (its prompt and its answer,

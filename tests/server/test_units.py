@@ -12,7 +12,7 @@ from server.api.chat import ChatCompletionRequest
 from server.api.errors import ApiError
 from server.api.schemas import parse_request
 from server.config import ServerConfig, worker_devices
-from server.workers.overhead import VanillaSpeed
+from server.workers.overhead import VanillaSpeed, wait_per_call
 
 
 def parse(**fields):
@@ -169,9 +169,23 @@ def test_vanilla_speed_estimate():
     """Prefill per prompt token from the time to the first token; decode per later token from the rest."""
     speed = VanillaSpeed()
     assert speed.estimate(10, 10) is None
-    speed.observe(Totals(prompt_tokens=10, completion_tokens=6), first_token_s=0.1, wall_s=0.6)
+    speed.observe(Totals(prompt_tokens=10, completion_tokens=6, first_token_s=0.1, wall_s=0.6))
     assert speed.estimate(20, 11) == pytest.approx(20 * 0.01 + 10 * 0.1)
-    assert not speed.observe(Totals(prompt_tokens=10, completion_tokens=1), first_token_s=0.1, wall_s=0.2)
-    assert not speed.observe(Totals(prompt_tokens=10, completion_tokens=6), first_token_s=None, wall_s=0.2)
-    speed.observe(Totals(prompt_tokens=10, completion_tokens=6), first_token_s=0.1, wall_s=1.1)
+    assert not speed.observe(Totals(prompt_tokens=10, completion_tokens=1, first_token_s=0.1, wall_s=0.2))
+    assert not speed.observe(Totals(prompt_tokens=10, completion_tokens=6, first_token_s=None, wall_s=0.2))
+    speed.observe(Totals(prompt_tokens=10, completion_tokens=6, first_token_s=0.1, wall_s=1.1))
     assert speed.decode_s_per_token == pytest.approx(0.8 * 0.1 + 0.2 * 0.2)
+
+
+def test_vanilla_speed_leaves_out_waits_for_other_requests_and_adds_the_judged_requests_own():
+    """A sample that took turns with another request on the model thread teaches its own speed; the estimate
+    for a judged request adds that request's wait per call for each call of a vanilla answer."""
+    speed = VanillaSpeed()
+    # 0.3 s of the 0.4 s before the first token, and 0.5 s of the 1.0 s after it, spent waiting
+    speed.observe(Totals(prompt_tokens=10, completion_tokens=6, first_token_s=0.4, wall_s=1.4,
+                         model_calls=8, model_wait_s=0.8, model_wait_first_s=0.3))
+    assert (speed.prefill_s_per_token, speed.decode_s_per_token) == pytest.approx((0.01, 0.1))
+    judged = Totals(prompt_tokens=20, completion_tokens=11, model_calls=40, model_wait_s=2.0)
+    assert wait_per_call(judged) == pytest.approx(0.05)
+    assert speed.estimate(20, 11, wait_per_call(judged)) == pytest.approx(20 * 0.01 + 10 * 0.1 + (11 + 2) * 0.05)
+    assert wait_per_call(Totals()) == 0.0

@@ -16,6 +16,7 @@ operation (their searches interleave) while the worker's event loop stays free f
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -87,7 +88,8 @@ class TransformersBackend(Backend):
     async def open_session(self, request: GenerationRequest, state: list[int], committed: list[int],
                            totals: Totals) -> "ThreadedSession":
         generator = make_generator(request.params.seed, self.device)
-        session = await self.call(TransformersSession, self, request, state, generator, totals, committed)
+        session = await self.call(TransformersSession, self, request, state, generator, totals, committed,
+                                  waits=totals)
         return ThreadedSession(self, session)
 
     def take_loads(self) -> dict[str, EngineLoad]:
@@ -100,10 +102,18 @@ class TransformersBackend(Backend):
     async def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def call(self, fn: Callable[..., T], *args) -> T:
-        """Run `fn` on the model thread. Cancelled while it runs, it still finishes there (a forward
-        cannot be interrupted); a session it opened is then closed there too."""
-        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def call(self, fn: Callable[..., T], *args, waits: Optional[Totals] = None) -> T:
+        """Run `fn` on the model thread, counting into `waits` how long it waited there for other calls.
+        Cancelled while it runs, it still finishes there (a forward cannot be interrupted); a session it
+        opened is then closed there too."""
+        asked = time.perf_counter()
+
+        def timed() -> T:
+            if waits is not None:
+                waits.add_wait(time.perf_counter() - asked)
+            return fn(*args)
+
+        future = asyncio.get_running_loop().run_in_executor(self._executor, timed)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -160,10 +170,10 @@ class ThreadedSession:
         self.backend, self.session = backend, session
 
     async def run_all(self, ops: list[Op]) -> list[object]:
-        return await self.backend.call(self.session.run_all, ops)
+        return await self.backend.call(self.session.run_all, ops, waits=self.session.totals)
 
     async def aclose(self) -> None:
-        await self.backend.call(self.session.close)
+        await self.backend.call(self.session.close, waits=self.session.totals)
 
 
 class TransformersSession:
