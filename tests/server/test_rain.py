@@ -85,9 +85,9 @@ def test_bad_rain_options_are_refused(rain_server):
     assert caught.value.param == "rain.min_visits"
 
 
-@pytest.mark.parametrize("backend", ["transformers"], indirect=True)  # vLLM's ratio needs no vanilla estimate
+@pytest.mark.parametrize("backend", ["transformers"], indirect=True)  # the same worker code on vLLM
 def test_shadow_vanilla_decoding_refreshes_the_speed_estimate(rain_server, rain_answer):
-    """rain_server re-decodes every RAIN request with vanilla decoding once the worker is idle."""
+    """rain_server re-decodes every RAIN request with vanilla decoding as it ends (--shadow-vanilla-rate 1)."""
     def samples(health: dict) -> int:
         return health["workers"][0]["vanilla_speed"]["samples"]
 
