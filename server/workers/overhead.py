@@ -6,9 +6,9 @@ A request's latency is its own model time plus the time its model calls waited f
 share the engine's batches instead, so it is 0 there and their wall time already holds the load).
 
 The estimate of vanilla latency for a prompt of P tokens and an answer of C tokens, in place of a judged
-request, is P * prefill_s_per_token + (C - 1) * decode_s_per_token, plus, for each of the C + 2 model calls
-such an answer makes (its session's opening, which feeds the prompt, one per token, and its closing), the
-wait per call the judged request itself met: the load of other requests at that moment. The speeds are
+request, is P * prefill_s_per_token + (C - 1) * decode_s_per_token, plus, for each of the C model calls such an
+answer makes (one per token, the prompt's prefill riding with the first), the wait per call the judged
+request itself met: the load of other requests at that moment. The speeds are
 exponentially weighted averages of what the worker measured on vanilla requests (real traffic, its start-up
 calibration and shadow re-decodes), each from its wall time less its waits, split at its first token.
 A shadow re-decode runs right after the judged request it stands for, so it may overlap that client's next
@@ -23,7 +23,6 @@ from rain_core.events import Totals
 from server.workers.protocol import Speed
 
 WEIGHT = 0.2  # of the newest sample: about the last ten requests count
-VANILLA_CALLS_BEYOND_TOKENS = 2  # a vanilla session's opening (the prompt's prefill) and its closing
 
 
 class VanillaSpeed:
@@ -48,7 +47,7 @@ class VanillaSpeed:
         if self.prefill_s_per_token is None or self.decode_s_per_token is None:
             return None
         own = prompt_tokens * self.prefill_s_per_token + max(completion_tokens - 1, 0) * self.decode_s_per_token
-        return own + (completion_tokens + VANILLA_CALLS_BEYOND_TOKENS) * wait_per_call_s
+        return own + completion_tokens * wait_per_call_s
 
     def snapshot(self) -> Speed:
         return Speed(self.prefill_s_per_token or 0.0, self.decode_s_per_token or 0.0, self.samples)

@@ -180,6 +180,7 @@ def test_rain_frees_every_cache_and_reports_totals(tiny_engine):
     request = GenerationRequest(MESSAGES, SamplingParams(max_new_tokens=12, seed=1), RainConfig(max_iters=2, min_iters=2))
     finish = tiny_engine.complete(request)
     assert isinstance(finish, Finish)
+    tiny_engine.run(tiny_engine.backend.call(lambda: None))  # the session's closing is queued, not waited for
     assert set(tiny_engine.backend.runner.caches) == before
     t = finish.totals
     assert t.iterations >= 2 * t.commits - 2 and t.self_evaluations > 0

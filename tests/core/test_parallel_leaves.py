@@ -7,8 +7,6 @@ from typing import Optional
 
 import pytest
 
-from rain_core.backends.transformers.backend import ThreadedSession, TransformersSession
-from rain_core.backends.transformers.sampling import make_generator
 from rain_core.config import GenerationRequest, RainConfig, SamplingParams
 from rain_core.events import Commit, Totals
 from rain_core.search.ops import Append, Embed, Grow, Judge, TopTokens, drive, lockstep, requested
@@ -68,14 +66,13 @@ def search(engine, k: int, iterations: int = 6, tokens: int = 6, settle: bool = 
     prompt = engine.request_ids(request)
     totals = Totals()
     answer = engine.new_answer(request)
-    session = ThreadedSession(engine.backend, TransformersSession(engine.backend, request, prompt,
-                                                                  make_generator(7, engine.backend.device), totals, []))
     strategy, asked = RainSearch(request, engine.tokenizer, engine.end_ids, answer, totals), []
     if not settle:
         strategy._settled = Unsettled()
     commits = []
 
     async def run():
+        session = await engine.backend.open_session(request, prompt, [], totals)
         events = drive(recorded(strategy.steps(), asked), session)
         try:
             async for event in events:

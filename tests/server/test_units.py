@@ -187,5 +187,5 @@ def test_vanilla_speed_leaves_out_waits_for_other_requests_and_adds_the_judged_r
     assert (speed.prefill_s_per_token, speed.decode_s_per_token) == pytest.approx((0.01, 0.1))
     judged = Totals(prompt_tokens=20, completion_tokens=11, model_calls=40, model_wait_s=2.0)
     assert wait_per_call(judged) == pytest.approx(0.05)
-    assert speed.estimate(20, 11, wait_per_call(judged)) == pytest.approx(20 * 0.01 + 10 * 0.1 + (11 + 2) * 0.05)
+    assert speed.estimate(20, 11, wait_per_call(judged)) == pytest.approx(20 * 0.01 + 10 * 0.1 + 11 * 0.05)
     assert wait_per_call(Totals()) == 0.0

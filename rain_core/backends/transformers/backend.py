@@ -16,11 +16,12 @@ operation (their searches interleave) while the worker's event loop stays free f
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, Callable, Optional, TypeVar
 
 import torch
@@ -46,6 +47,7 @@ PATH_TAG = -2  # a wave's paths are branches PATH_TAG, PATH_TAG - 1, ... of the 
 # an evaluator of its own, so clients could otherwise grow the worker without bound; an evicted one is rebuilt.
 EVALUATORS_KEPT = 16
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,8 @@ class TransformersBackend(Backend):
     async def open_session(self, request: GenerationRequest, state: list[int], committed: list[int],
                            totals: Totals) -> "ThreadedSession":
         generator = make_generator(request.params.seed, self.device)
-        session = await self.call(TransformersSession, self, request, state, generator, totals, committed,
-                                  waits=totals)
-        return ThreadedSession(self, session)
+        return ThreadedSession(self, partial(TransformersSession, self, request, state, generator, totals, committed),
+                               totals)
 
     def take_loads(self) -> dict[str, EngineLoad]:
         """One request per forward here: rows = steps."""
@@ -104,8 +105,7 @@ class TransformersBackend(Backend):
 
     async def call(self, fn: Callable[..., T], *args, waits: Optional[Totals] = None) -> T:
         """Run `fn` on the model thread, counting into `waits` how long it waited there for other calls.
-        Cancelled while it runs, it still finishes there (a forward cannot be interrupted); a session it
-        opened is then closed there too."""
+        Cancelled while it runs, it still finishes there (a forward cannot be interrupted)."""
         asked = time.perf_counter()
 
         def timed() -> T:
@@ -113,12 +113,11 @@ class TransformersBackend(Backend):
                 waits.add_wait(time.perf_counter() - asked)
             return fn(*args)
 
-        future = asyncio.get_running_loop().run_in_executor(self._executor, timed)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            future.add_done_callback(_close_orphan)
-            raise
+        return await asyncio.shield(asyncio.get_running_loop().run_in_executor(self._executor, timed))
+
+    def call_later(self, fn: Callable[[], None]) -> None:
+        """Queue `fn` on the model thread without waiting for it (after every call queued before it)."""
+        self._executor.submit(fn).add_done_callback(_log_failure)
 
     # what sessions use (on the model thread) ---------------------------------------------------
     @cached_property
@@ -158,22 +157,36 @@ class TransformersBackend(Backend):
         return float(logprobs.gather(-1, torch.tensor(answer_ids, device=logprobs.device).unsqueeze(-1)).sum())
 
 
-def _close_orphan(future) -> None:
-    if not future.cancelled() and future.exception() is None and isinstance(future.result(), TransformersSession):
-        future.result().close()
+def _log_failure(future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("a queued model-thread call failed", exc_info=future.exception())
 
 
 class ThreadedSession:
-    """A TransformersSession as the engine sees it: each call runs on the backend's model thread."""
+    """A TransformersSession as the engine sees it: each call runs on the backend's model thread. Under load
+    every turn on that thread waits for each other request's, so a request takes no turn beyond its
+    operations': its opening (the prompt's prefill) runs with its first operations, and its closing is queued
+    without being waited for (a session a cancelled call opened is closed by it all the same)."""
 
-    def __init__(self, backend: TransformersBackend, session: "TransformersSession"):
-        self.backend, self.session = backend, session
+    def __init__(self, backend: TransformersBackend, opening: Callable[[], "TransformersSession"], totals: Totals):
+        self.backend, self.totals = backend, totals
+        self._opening = opening
+        self.session: Optional[TransformersSession] = None  # set on the model thread by the first call
 
     async def run_all(self, ops: list[Op]) -> list[object]:
-        return await self.backend.call(self.session.run_all, ops, waits=self.session.totals)
+        return await self.backend.call(self._run_all, ops, waits=self.totals)
 
     async def aclose(self) -> None:
-        await self.backend.call(self.session.close, waits=self.session.totals)
+        self.backend.call_later(self._close)
+
+    def _run_all(self, ops: list[Op]) -> list[object]:
+        if self.session is None:
+            self.session = self._opening()
+        return self.session.run_all(ops)
+
+    def _close(self) -> None:
+        if self.session is not None:
+            self.session.close()
 
 
 class TransformersSession:
