@@ -4,7 +4,8 @@ own `overhead_ratio` says so.
     python -m bench.overhead [--backends vllm,transformers] [--settings budget2,paper] [--limit 6] [--out FILE]
 
 Per backend it starts rain-serve, sends each prompt once as vanilla decoding (streamed, greedy) and once per
-RAIN setting (seeded), one request at a time, all on the same server. Vanilla and RAIN are compared at equal
+RAIN setting (seeded), one request at a time, all on the same server, pausing after each RAIN request while
+a shadow vanilla re-decode of it may run. Vanilla and RAIN are compared at equal
 answer lengths: vanilla's latency is rescaled to RAIN's answer length (its time to the first token, plus its
 time per later token times RAIN's later tokens). Per row it reports the measured ratio (RAIN's latency over
 that), the ratio the server reported (`rain.overhead_ratio`: the request's wall time in its worker over the
@@ -34,6 +35,7 @@ SETTINGS = {
     "budget2": {"max_iters": 2, "min_iters": 2},  # two iterations per committed set
 }
 AGREEMENT = 1.5  # the reported ratio must lie within this factor of the measured one
+SHADOW_WAIT = 1.5  # after a RAIN request, this many times a vanilla answer of its length
 MODEL = "smollm2"
 
 
@@ -104,6 +106,9 @@ def measure(client: httpx.Client, backend: str, setting: str, index: int, prompt
     vanilla = timed_stream(client, {**base, "temperature": 0.0, "rain": {"enabled": False}})
     rain = timed_stream(client, {**base, "seed": args.seed, "rain": {**SETTINGS[setting]}})
     vanilla_equal = at_length(vanilla, rain.tokens)
+    # The server may re-decode the RAIN request with vanilla decoding as it ends (--shadow-vanilla-rate); on the
+    # transformers backend that shadow would take turns with the next prompt's vanilla request, which must run alone.
+    time.sleep(SHADOW_WAIT * vanilla_equal)
     measured = rain.latency_s / vanilla_equal
     reported = rain.rain.get("overhead_ratio")
     return Row(backend, setting, index, vanilla.latency_s, vanilla.tokens, rain.latency_s, rain.tokens, vanilla_equal,
