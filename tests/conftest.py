@@ -139,7 +139,7 @@ def backend(request) -> str:
 @pytest.fixture(scope="session")
 def rain_server(backend) -> Iterator[RunningServer]:
     """One worker, RAIN by default, two requests interleaved and a short queue, every RAIN request
-    re-decoded by vanilla decoding when idle (on the transformers backend); one thread."""
+    re-decoded by vanilla decoding as it ends (a shadow); one thread."""
     with start_server("--backend", backend, "--threads", "1", "--max-running-per-worker", "2", "--max-queue", "8",
                       "--default-mode", "rain", "--shadow-vanilla-rate", "1") as server:
         yield server
