@@ -148,9 +148,10 @@ def rain_server(backend) -> Iterator[RunningServer]:
 @pytest.fixture(scope="session")
 def judged_server(backend) -> Iterator[RunningServer]:
     """SmolLM2 with a Qwen2.5-Coder-0.5B judge beside it (on vLLM an engine of its own: two to start),
-    vanilla by default."""
+    vanilla by default. No shadow re-decodes: tests read its engines' counters, and a shadow of one test's
+    judged request would still be stepping the engine in the next test's window."""
     with start_server("--backend", backend, "--judge-model", "qwen2.5-coder-0.5b", "--threads", "2",
-                      "--default-mode", "vanilla", start_timeout_s=600) as server:
+                      "--default-mode", "vanilla", "--shadow-vanilla-rate", "0", start_timeout_s=600) as server:
         yield server
 
 

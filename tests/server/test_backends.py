@@ -25,15 +25,18 @@ vllm_only = pytest.mark.parametrize("backend", ["vllm"], indirect=True)
 
 
 def answers(server, bodies: list[dict], concurrent: bool) -> list[str]:
-    def ask(body):
-        response = httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=600)
-        assert response.status_code == 200, response.text
-        return response.json()["choices"][0]["message"]["content"]
+    # One client for all: a client made per request loads its TLS context first, which on a loaded machine
+    # spread eight "concurrent" requests over five seconds, so they reached the server one after another.
+    with httpx.Client(base_url=server.base_url, timeout=600, limits=httpx.Limits(max_connections=len(bodies))) as client:
+        def ask(body):
+            response = client.post("/v1/chat/completions", json=body)
+            assert response.status_code == 200, response.text
+            return response.json()["choices"][0]["message"]["content"]
 
-    if not concurrent:
-        return [ask(body) for body in bodies]
-    with ThreadPoolExecutor(len(bodies)) as pool:
-        return list(pool.map(ask, bodies))
+        if not concurrent:
+            return [ask(body) for body in bodies]
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            return list(pool.map(ask, bodies))
 
 
 def seeded(prompt: str, **fields) -> dict:
