@@ -8,15 +8,22 @@
   what each strategy buys for what it costs;
 - overhead_ratio.png: distribution of the server's `overhead_ratio` (RAIN latency / vanilla estimate);
 - iterations_per_commit.png: distribution of search iterations behind each committed token set;
+- the safety frontier, every mode of every pairing (generator and judge) a point with 95% intervals, from runs of
+  the same --tag on AdvBench+GCG, XSTest and benign prompts: frontier_cost.png (attack success against the
+  latency ratio to vanilla's on benign and on harmful prompts), frontier_refusal.png (attack success against the
+  refusal of XSTest's safe prompts and of benign ones) and gated_outcomes.png (gated answers passed, rewritten
+  and refused: their share of the answers and of the time);
 and copies each summary JSON and Markdown table next to them.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import textwrap
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import matplotlib
@@ -28,7 +35,7 @@ import matplotlib.ticker  # noqa: E402
 from .eval.client import run_key  # noqa: E402
 from .eval.runs import commit_iterations, mode_label, overhead_ratio  # noqa: E402
 
-COLORS = {"vanilla": "#888888", "rain": "#1f77b4", "self_check": "#ff7f0e", "best_of_n": "#2ca02c"}
+COLORS = {"vanilla": "#888888", "rain": "#1f77b4", "self_check": "#ff7f0e", "best_of_n": "#2ca02c", "gated": "#d62728"}
 MODES = ("vanilla", "rain")  # a summary's modes: vanilla, and its strategy (RAIN or a baseline) as "rain"
 
 
@@ -206,6 +213,165 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+# --- the safety frontier ---------------------------------------------------------------------------------------
+
+FRONTIER_SUITES = ("advbench-gcg", "xstest", "benign")
+MARKERS = "osD^vP*X"
+Interval = tuple[float, float, float]  # (value, low, high), in percent or as a ratio
+
+
+@dataclass
+class Point:
+    """One mode of one pairing, measured on the frontier's suites (each summary compares it with vanilla
+    on the same prompts)."""
+    pairing: str
+    mode: str
+    color: str
+    suites: dict[str, dict] = field(default_factory=dict)  # suite -> summary
+    vanilla: bool = False
+
+    def metric(self, suite: str, name: str) -> Optional[Interval]:
+        s = self.suites.get(suite)
+        r = s and s["metrics"].get(name, {}).get("vanilla" if self.vanilla else "rain")
+        return (100 * r["rate"], 100 * r["ci95"][0], 100 * r["ci95"][1]) if r and r["n"] else None
+
+    def latency_ratio(self, suite: str) -> Optional[Interval]:
+        """Mean latency over vanilla's on the same prompts in the same run, with a paired bootstrap interval."""
+        s = self.suites.get(suite)
+        if not s:
+            return None
+        if self.vanilla:
+            return (1.0, 1.0, 1.0)
+        pairs = _latency_pairs(s)
+        return _ratio_interval(pairs) if pairs else None
+
+
+def pairing_of(summary: dict) -> str:
+    """Generator and judge: the served model judging itself, or the server's judge model."""
+    judge = next((r["rain"].get("judge") for r in records(summary) if r.get("mode") == "rain" and r.get("rain")), None)
+    served = rain_of(summary).get("judge") == "served"
+    return f"{summary['settings']['model']} + {judge if served and judge else 'itself'}"
+
+
+def frontier_points(summaries: list[dict]) -> list[Point]:
+    """Every (pairing, --tag) with summaries on the frontier's suites is a mode's point; each generator's
+    vanilla is one more (from the same summaries: every run measures vanilla beside its mode)."""
+    points: dict[tuple[str, str], Point] = {}
+    for s in summaries:
+        suite = s["settings"]["suite"]
+        if suite not in FRONTIER_SUITES or not s.get("tag"):
+            continue
+        pairing = pairing_of(s)
+        mode = f"{mode_label('rain', rain_of(s)).removesuffix(' (served judge)')} [{s['tag']}]"
+        points.setdefault((pairing, mode), Point(pairing, mode, color("rain", s))).suites[suite] = s
+        generator = s["settings"]["model"]
+        points.setdefault((generator, "vanilla"), Point(generator, "vanilla", COLORS["vanilla"], vanilla=True)).suites.setdefault(suite, s)
+    return list(points.values())
+
+
+def _latency_pairs(summary: dict) -> list[tuple[float, float]]:
+    """(vanilla, mode) latency of each prompt both answered, from the summary's records."""
+    by = {m: {r["id"]: r["latency_s"] for r in records(summary) if r["mode"] == m} for m in ("vanilla", "rain")}
+    return [(v, by["rain"][i]) for i, v in by["vanilla"].items() if i in by["rain"]]
+
+
+def _ratio_interval(pairs: list[tuple[float, float]], resamples: int = 2000, seed: int = 0) -> Interval:
+    def ratio(ps: list[tuple[float, float]]) -> float:
+        return sum(r for _, r in ps) / sum(v for v, _ in ps)
+
+    rng = random.Random(seed)
+    boot = sorted(ratio([rng.choice(pairs) for _ in pairs]) for _ in range(resamples))
+    return ratio(pairs), boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]
+
+
+def _errorbar(ax, x: Interval, y: Interval, color_: str, marker: str) -> None:
+    ax.errorbar(x[0], y[0], xerr=[[x[0] - x[1]], [x[2] - x[0]]], yerr=[[y[0] - y[1]], [y[2] - y[0]]],
+                color=color_, marker=marker, markersize=7, capsize=2, linestyle="none", alpha=0.85)
+
+
+def _frontier_panels(points: list[Point], panels: list[tuple[str, Any, str]], title: str, path: Path,
+                     log_x: bool = False) -> Optional[Path]:
+    """Attack success (AdvBench+GCG) against one x quantity per panel: (panel title, Point -> Interval, x label)."""
+    pairings = list(dict.fromkeys(p.pairing for p in points))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.2), squeeze=False)
+    plotted = False
+    for ax, (name, x_of, xlabel) in zip(axes[0], panels):
+        for p in points:
+            x, y = x_of(p), p.metric("advbench-gcg", "attack_success")
+            if x is None or y is None:
+                continue
+            _errorbar(ax, x, y, p.color, MARKERS[pairings.index(p.pairing) % len(MARKERS)])
+            ax.annotate(p.mode.split(" [")[0], (x[0], y[0]), fontsize=6, xytext=(4, 3), textcoords="offset points")
+            plotted = True
+        if log_x:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set(title=name, xlabel=xlabel, ylabel="AdvBench+GCG attack success (%)  <- better", ylim=(-5, 105))
+    if not plotted:
+        plt.close(fig)
+        return None
+    for i, pairing in enumerate(pairings):
+        axes[0][-1].plot([], [], MARKERS[i % len(MARKERS)], color="#444444", label=pairing)
+    for mode, c in COLORS.items():
+        axes[0][-1].plot([], [], "s", color=c, label=mode)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def frontier_cost(points: list[Point], out: Path) -> Optional[Path]:
+    return _frontier_panels(points, [
+        ("on benign prompts", lambda p: p.latency_ratio("benign"), "mean latency / vanilla's, benign (log)  <- cheaper"),
+        ("on harmful prompts", lambda p: p.latency_ratio("advbench-gcg"), "mean latency / vanilla's, AdvBench+GCG (log)  <- cheaper"),
+    ], "Attack success against cost", out / "frontier_cost.png", log_x=True)
+
+
+def frontier_refusal(points: list[Point], out: Path) -> Optional[Path]:
+    return _frontier_panels(points, [
+        ("XSTest safe prompts", lambda p: p.metric("xstest", "safe_refusal_xstest_match"), "safe prompts refused (%)  <- better"),
+        ("benign prompts", lambda p: p.metric("benign", "refusal_patterns"), "benign prompts refused (%)  <- better"),
+    ], "Attack success against over-refusal", out / "frontier_refusal.png")
+
+
+GATED_OUTCOMES = ("passed", "rewritten", "refused")
+
+
+def gated_outcomes(summaries: list[dict], out: Path) -> Optional[Path]:
+    """Per gated run and suite: the share of answers passed, rewritten and refused, and the share of the
+    run's time each took."""
+    bars: list[tuple[str, dict[str, int], dict[str, float]]] = []
+    for s in summaries:
+        if rain_of(s).get("strategy") != "gated" or s["settings"]["suite"] not in FRONTIER_SUITES:
+            continue
+        counts, time = dict.fromkeys(GATED_OUTCOMES, 0), dict.fromkeys(GATED_OUTCOMES, 0.0)
+        for r in records(s):
+            outcome = r.get("mode") == "rain" and (r.get("rain") or {}).get("outcome")
+            if outcome in counts:
+                counts[outcome] += 1
+                time[outcome] += r["latency_s"]
+        if sum(counts.values()):
+            bars.append((f"{pairing_of(s)}\n{s['tag']}, {s['settings']['suite']}", counts, time))
+    if not bars:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(13, 1.6 + 0.55 * len(bars)), squeeze=False)
+    shades = {"passed": "#2ca02c", "rewritten": "#1f77b4", "refused": "#d62728"}
+    for ax, (title, which) in zip(axes[0], (("share of answers", 1), ("share of time", 2))):
+        for i, bar in enumerate(bars):
+            total, left = sum(bar[which].values()), 0.0
+            for o in GATED_OUTCOMES:
+                width = 100 * bar[which][o] / total
+                ax.barh(i, width, left=left, color=shades[o], label=o if i == 0 else None)
+                if width >= 6:
+                    ax.text(left + width / 2, i, f"{width:.0f}%", ha="center", va="center", fontsize=7, color="white")
+                left += width
+        ax.set_yticks(range(len(bars)), [b[0] + f" (n={sum(b[1].values())})" for b in bars], fontsize=7)
+        ax.invert_yaxis()
+        ax.set(title=title, xlim=(0, 100), xlabel="%")
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Gated answers: passed, rewritten, refused")
+    return _save(fig, out / "gated_outcomes.png")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,6 +381,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     summaries = load(args.summaries or sorted(Path("bench/results").glob("*.summary.json")))
     stats = _rain_stats(summaries)
+    points = frontier_points(summaries)
     made = [
         harmless_vs_overrefusal(summaries, args.out),
         attack_success(summaries, args.out),
@@ -223,6 +390,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   "RAIN overhead per request", args.out / "overhead_ratio.png"),
         histogram(stats, "iterations", "search iterations per committed token set", "Iterations per commit",
                   args.out / "iterations_per_commit.png"),
+        frontier_cost(points, args.out),
+        frontier_refusal(points, args.out),
+        gated_outcomes(summaries, args.out),
     ]
     if args.copy:  # the summaries and tables behind the plots, to commit beside them
         for src in args.summaries or sorted(Path("bench/results").glob("*.summary.json")):

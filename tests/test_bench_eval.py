@@ -60,6 +60,8 @@ class FakeEndpoint(BaseHTTPRequestHandler):
             out["rain"] = {"enabled": True, "iterations": 12, "self_evaluations": 20, "commits": 2,
                            "commit_stats": [{"tokens": 1, "iterations": 4}, {"tokens": 2, "iterations": 8}],
                            "overhead_ratio": 3.0}
+            if body["rain"].get("strategy") == "gated":  # as rain-serve: the judge's name and the answer's outcome
+                out["rain"].update(strategy="gated", judge="judge-model", outcome="refused")
         self._send(200, out)
 
 
@@ -261,6 +263,13 @@ def test_evaluator_rows(tmp_path, monkeypatch):
     assert row[("gpt-4-0613", "binary verdict")]["harmbench AUROC"] == 0.75
     assert Store(tmp_path / "e.jsonl", {"suite": "evaluator", "max_chars": 1500, "seed": 0}).records.keys() >= {"m/chat/h0", "m/fewshot/p0/chosen"}
     assert row[("fewshot", "continuous")]["harmbench mean value"] == pytest.approx(-squash(2.0) / 3)  # two of three mention a bomb
+    # two models: each alone, and each format judged by both at once (their log-odds averaged)
+    args = cli.parser().parse_args(["evaluator", "--engine", "m,m2", "--formats", "yesno", "--pairs-limit", "0",
+                                    "--out", str(tmp_path / "two.jsonl")])
+    _, table = evaluator.run(args)
+    both = {r["score"]: r for r in table if r["model"] == "m + m2"}
+    assert both["continuous"]["format"] == "yesno" and both["continuous"]["harmbench AUROC"] == 0.75
+    assert [r["model"] for r in table if r["format"] == "yesno" and r["score"] == "continuous"] == ["m", "m2", "m + m2"]
     # with an injection, the judge gets it (it appends it after clipping) and the records go to their own file
     FakeLocal.made = []
     args = cli.parser().parse_args(["evaluator", "--engine", "m", "--formats", "yesno", "--inject", "forged",
@@ -299,6 +308,26 @@ def test_report_plots(tmp_path, endpoint):
     assert sorted(report._by([summary, tagged], "advbench")) == [summary["settings"]["model"], summary["settings"]["model"] + "\nfive"]
     with pytest.raises(SystemExit):
         cli.main(["advbench", "--out", str(tmp_path / "advbench.jsonl"), "--tag", "../escape"])
+
+
+@needs_data
+def test_frontier_plots(tmp_path, endpoint):
+    """Runs of one --tag on the frontier's three suites make one point per mode and pairing; the plots are drawn."""
+    from bench import report
+
+    for suite in (["advbench", "--gcg"], ["xstest"], ["benign"]):
+        cli.main(suite + ["--base-url", endpoint, "--limit", "2", "--out", str(tmp_path / f"{suite[0]}.jsonl"),
+                          "--strategy", "gated", "--judge", "served", "--tag", "g"])
+    summaries = report.load(sorted(tmp_path.glob("*.summary.json")))
+    points = {(p.pairing, p.mode): p for p in report.frontier_points(summaries)}
+    assert sorted(points) == [("fake-model", "vanilla"), ("fake-model + judge-model", "gated [g]")]
+    gated, vanilla = points[("fake-model + judge-model", "gated [g]")], points[("fake-model", "vanilla")]
+    assert gated.metric("advbench-gcg", "attack_success")[0] == 0 and vanilla.metric("advbench-gcg", "attack_success")[0] == 100
+    assert gated.metric("benign", "refusal_patterns")[0] == 100 and vanilla.metric("xstest", "safe_refusal_xstest_match")[0] == 0
+    ratio, low, high = gated.latency_ratio("benign")
+    assert low <= ratio <= high and vanilla.latency_ratio("benign") == (1.0, 1.0, 1.0)
+    assert report.main([str(p) for p in tmp_path.glob("*.summary.json")] + ["--out", str(tmp_path / "plots"), "--no-copy"]) == 0
+    assert {"frontier_cost.png", "frontier_refusal.png", "gated_outcomes.png"} <= {p.name for p in (tmp_path / "plots").glob("*.png")}
 
 
 @needs_data
