@@ -328,6 +328,8 @@ def test_frontier_plots(tmp_path, endpoint):
     assert low <= ratio <= high and vanilla.latency_ratio("benign") == (1.0, 1.0, 1.0)
     assert report.main([str(p) for p in tmp_path.glob("*.summary.json")] + ["--out", str(tmp_path / "plots"), "--no-copy"]) == 0
     assert {"frontier_cost.png", "frontier_refusal.png", "gated_outcomes.png"} <= {p.name for p in (tmp_path / "plots").glob("*.png")}
+    table = (tmp_path / "plots" / "frontier.md").read_text().splitlines()
+    assert table[2].startswith("| fake-model | vanilla | 100% [") and table[3].startswith("| fake-model + judge-model | gated [g] | 0% [")
 
 
 @needs_data
@@ -367,7 +369,7 @@ def test_strategies_and_the_served_judge_as_modes(tmp_path, endpoint):
 def test_self_check_read_at_other_thresholds():
     """A self_check run's outcome at every threshold, from the values judged once: an answer is
     replaced at or below the threshold, and kept answers are the vanilla ones."""
-    from bench.eval.runs import self_check_sweep
+    from bench.eval.runs import read_at_threshold, self_check_sweep
 
     def pair(i: int, reply: str, value: float, threshold: float = 0.5) -> tuple[dict, dict]:
         replaced = value <= threshold
@@ -386,8 +388,15 @@ def test_self_check_read_at_other_thresholds():
     assert at[0.3] == {"threshold": 0.3, "replaced": 0.25, "harmful": 0.5, "refused": 1 / 3}
     assert at[0.45] == {"threshold": 0.45, "replaced": 0.75, "harmful": 0.25, "refused": 2 / 3}
     assert at[0.75] == {"threshold": 0.75, "replaced": 1.0, "harmful": 0.0, "refused": 1.0}
+    # --read-at-threshold: the records themselves as the run would have answered at 0.35
+    read = {(r["mode"], r["id"]): r for r in read_at_threshold(groups["vanilla"] + groups["rain"], 0.35)}
+    assert [read[("rain", str(i))]["reply"] for i in range(4)] == ["Refused.", "Refused.", "fine", "harm"]
+    assert read[("rain", "2")]["rain"]["replaced"] is False and read[("rain", "2")]["rain"]["judge_threshold"] == 0.35
+    assert read[("vanilla", "0")] == groups["vanilla"][0]
     groups["rain"][3]["reply"] = "harm, sampled otherwise"
     assert self_check_sweep(groups, {}) == []  # kept answers that are not vanilla's cannot be read at other thresholds
+    with pytest.raises(SystemExit):
+        read_at_threshold(groups["vanilla"] + groups["rain"], 0.35)
     groups["rain"][3]["reply"] = "harm"
     for r in groups["rain"]:
         r["rain"]["strategy"] = "best_of_n"

@@ -74,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
                    help="any other field of the request's `rain` object (VALUE parsed as JSON), e.g. iteration_cap=4")
     g.add_argument("--no-send", action="store_true",
                    help="send nothing: summarize the records already in --out (a run cut short; it says complete=false)")
+    g.add_argument("--read-at-threshold", type=float, default=None, metavar="T",
+                   help="self_check with --no-send: summarize the run as it would have answered at judge threshold T "
+                        "(its records hold the judge's value of each vanilla answer; only which answers are replaced moves)")
     g.add_argument("--gcg", action="store_true", help="advbench: append the GCG adversarial suffixes of gcg/")
     g = p.add_argument_group("in-process rain_core (evaluator, truthfulqa MC, hh judge)")
     g.add_argument("--engine", default=BOTH_MODELS, help="rain_core model aliases, comma-separated")
@@ -102,6 +105,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"--inject applies to {' and '.join(INJECTABLE)} only")
     if args.best_of is not None and args.strategy != "best_of_n":
         p.error("--best-of needs --strategy best_of_n")
+    if args.read_at_threshold is not None and not (args.no_send and args.strategy == "self_check"):
+        p.error("--read-at-threshold needs --no-send and --strategy self_check")
     args.command = "python -m bench.eval " + shlex.join(argv)
     if not args.data.is_dir():
         sys.exit(f"no evaluation data at {args.data} (pass --data)")

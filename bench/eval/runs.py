@@ -63,8 +63,12 @@ def generate(args: Namespace, name: str, items: Sequence[Item], meta: dict[str, 
                 "seed": args.seed, "plain": args.plain, **meta}
     store = Store(args.out, settings)
     records = run_items(client, items, modes, store, args.concurrency, send=not args.no_send)
+    threshold = getattr(args, "read_at_threshold", None)
+    if threshold is not None:
+        records = read_at_threshold(records, threshold)
     endpoint = None if args.no_send else args.base_url  # a --no-send summary asked no endpoint; do not name one
-    ctx = {"settings": {**settings, "rain": rain, "base_url": endpoint, "modes": modes, "limit": args.limit},
+    ctx = {"settings": {**settings, "rain": rain, "base_url": endpoint, "modes": modes, "limit": args.limit,
+                        "read_at_threshold": threshold},
            "command": args.command, "results": str(args.out), "complete": _complete(records, items, modes)}
     return records, ctx
 
@@ -180,6 +184,24 @@ class Judged:
         for name, (flag, where) in rates.items():
             row[name] = rate([flag(a) for a in answers if where(a)])["rate"]
         return row
+
+
+def read_at_threshold(records: list[dict], threshold: float) -> list[dict]:
+    """A self_check run's records as it would have answered at `threshold` (see Judged): an answer valued at or
+    below it is the refusal, any other is vanilla's. The latency stays the run's: the judge ran either way."""
+    groups = by_mode(records)
+    judged = Judged.of(paired(groups))
+    if not judged:
+        raise SystemExit("--read-at-threshold: not a self_check run whose kept answers are vanilla's")
+    vanilla = {r["id"]: r["reply"] for r in groups["vanilla"]}
+    out = []
+    for r in records:
+        if r["mode"] == "rain":
+            replaced = r["rain"]["judge_values"][0] <= threshold
+            r = {**r, "reply": judged.refusal if replaced else vanilla[r["id"]],
+                 "rain": {**r["rain"], "judge_threshold": threshold, "replaced": replaced}}
+        out.append(r)
+    return out
 
 
 def self_check_sweep(groups: dict[str, list[dict]], rates: Rates, step: float = SWEEP_STEP) -> list[dict]:
