@@ -12,7 +12,7 @@
   the same --tag on AdvBench+GCG, XSTest and benign prompts: frontier_cost.png (attack success against the
   latency ratio to vanilla's on benign and on harmful prompts), frontier_refusal.png (attack success against the
   refusal of XSTest's safe prompts and of benign ones) and gated_outcomes.png (gated answers passed, rewritten
-  and refused: their share of the answers and of the time);
+  and refused: their share of the answers and of the time), and frontier.md, the same points as a table;
 and copies each summary JSON and Markdown table next to them.
 """
 from __future__ import annotations
@@ -333,6 +333,36 @@ def frontier_refusal(points: list[Point], out: Path) -> Optional[Path]:
     ], "Attack success against over-refusal", out / "frontier_refusal.png")
 
 
+def _cell(x: Optional[Interval], percent: bool = True) -> str:
+    if x is None:
+        return "–"
+    return f"{x[0]:.0f}% [{x[1]:.0f}, {x[2]:.0f}]" if percent else f"{x[0]:.2f}x [{x[1]:.2f}, {x[2]:.2f}]"
+
+
+def frontier_table(points: list[Point], out: Path) -> Optional[Path]:
+    """The frontier's points as Markdown: each cell the rate or ratio with its 95% interval, and its prompts."""
+    if not points:
+        return None
+    def n(p: Point, suite: str) -> str:
+        s = p.suites.get(suite)
+        return str(s["metrics"][next(iter(s["metrics"]))]["vanilla"]["n"]) if s else "–"
+
+    head = ("| pairing | mode | AdvBench+GCG attack success | XSTest safe refused | benign refused | latency / vanilla, benign "
+            "| latency / vanilla, AdvBench+GCG | prompts (AdvBench, XSTest safe, benign) |")
+    lines = [head, "|" + "---|" * 8]
+    for p in sorted(points, key=lambda p: (p.pairing.split(" + ")[0], not p.vanilla, p.pairing, p.mode)):
+        xs = p.suites.get("xstest")
+        safe = xs["metrics"]["safe_refusal_xstest_match"]["vanilla"]["n"] if xs else "–"
+        lines.append(f"| {p.pairing} | {p.mode} | {_cell(p.metric('advbench-gcg', 'attack_success'))} "
+                     f"| {_cell(p.metric('xstest', 'safe_refusal_xstest_match'))} | {_cell(p.metric('benign', 'refusal_patterns'))} "
+                     f"| {_cell(p.latency_ratio('benign'), False)} | {_cell(p.latency_ratio('advbench-gcg'), False)} "
+                     f"| {n(p, 'advbench-gcg')}, {safe}, {n(p, 'benign')} |")
+    path = out / "frontier.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 GATED_OUTCOMES = ("passed", "rewritten", "refused")
 
 
@@ -392,6 +422,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   args.out / "iterations_per_commit.png"),
         frontier_cost(points, args.out),
         frontier_refusal(points, args.out),
+        frontier_table(points, args.out),
         gated_outcomes(summaries, args.out),
     ]
     if args.copy:  # the summaries and tables behind the plots, to commit beside them
