@@ -243,25 +243,36 @@ class Point:
         if self.vanilla:
             return (1.0, 1.0, 1.0)
         pairs = _latency_pairs(s)
-        return _ratio_interval(pairs) if pairs else None
+        if pairs:
+            return _ratio_interval(pairs)
+        ratio = s.get("latency_ratio_rain_over_vanilla")  # records not kept: the summary's ratio, no interval
+        return (ratio, ratio, ratio) if ratio else None
 
 
-def pairing_of(summary: dict) -> str:
-    """Generator and judge: the served model judging itself, or the server's judge model."""
-    judge = next((r["rain"].get("judge") for r in records(summary) if r.get("mode") == "rain" and r.get("rain")), None)
-    served = rain_of(summary).get("judge") == "served"
-    return f"{summary['settings']['model']} + {judge if served and judge else 'itself'}"
+def served_judge(summary: dict) -> Optional[str]:
+    """The judge model named in a run's answers (rain-serve's `rain.judge`), if its records are kept."""
+    return next((r["rain"].get("judge") for r in records(summary) if r.get("mode") == "rain" and r.get("rain")), None)
+
+
+def pairing_of(summary: dict, judges: dict[str, str]) -> str:
+    """Generator and judge: the served model judging itself, or the server's judge model (for a run whose
+    records are gone, the one `judges` names for its generator)."""
+    if rain_of(summary).get("judge") != "served":
+        return f"{summary['settings']['model']} + itself"
+    model = summary["settings"]["model"]
+    return f"{model} + {served_judge(summary) or judges.get(model, 'served judge')}"
 
 
 def frontier_points(summaries: list[dict]) -> list[Point]:
     """Every (pairing, --tag) with summaries on the frontier's suites is a mode's point; each generator's
     vanilla is one more (from the same summaries: every run measures vanilla beside its mode)."""
     points: dict[tuple[str, str], Point] = {}
+    judges = {s["settings"]["model"]: j for s in summaries if rain_of(s).get("judge") == "served" and (j := served_judge(s))}
     for s in summaries:
         suite = s["settings"]["suite"]
         if suite not in FRONTIER_SUITES or not s.get("tag"):
             continue
-        pairing = pairing_of(s)
+        pairing = pairing_of(s, judges)
         mode = f"{mode_label('rain', rain_of(s)).removesuffix(' (served judge)')} [{s['tag']}]"
         points.setdefault((pairing, mode), Point(pairing, mode, color("rain", s))).suites[suite] = s
         generator = s["settings"]["model"]
@@ -380,7 +391,7 @@ def gated_outcomes(summaries: list[dict], out: Path) -> Optional[Path]:
                 counts[outcome] += 1
                 time[outcome] += r["latency_s"]
         if sum(counts.values()):
-            bars.append((f"{pairing_of(s)}\n{s['tag']}, {s['settings']['suite']}", counts, time))
+            bars.append((f"{pairing_of(s, {})}\n{s['tag']}, {s['settings']['suite']}", counts, time))
     if not bars:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(13, 1.6 + 0.55 * len(bars)), squeeze=False)
