@@ -29,6 +29,8 @@ from typing import Any, Optional, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.lines  # noqa: E402
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
@@ -205,9 +207,9 @@ def histogram(stats: dict[str, dict[str, list[float]]], key: str, xlabel: str, t
     return _save(fig, path)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path, rect: Optional[tuple[float, float, float, float]] = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -307,33 +309,36 @@ def _frontier_panels(points: list[Point], panels: list[tuple[str, Any, str]], ti
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.2), squeeze=False)
     plotted = False
     for ax, (name, x_of, xlabel) in zip(axes[0], panels):
+        xs = [x[2] for p in points if (x := x_of(p))]
         for p in points:
             x, y = x_of(p), p.metric("advbench-gcg", "attack_success")
             if x is None or y is None:
                 continue
             _errorbar(ax, x, y, p.color, MARKERS[pairings.index(p.pairing) % len(MARKERS)])
-            ax.annotate(p.mode.split(" [")[0], (x[0], y[0]), fontsize=6, xytext=(4, 3), textcoords="offset points")
+            tag = p.mode if p.vanilla else p.mode.split(" [")[1].rstrip("]")  # the run's --tag tells its settings
+            ax.annotate(tag, (x[0], y[0]), fontsize=6, xytext=(4, 3), textcoords="offset points")
             plotted = True
-        if log_x:
+        if log_x and xs and max(xs) > 5:  # ratios over a decade or more; a narrow range reads better linear
             ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set(title=name, xlabel=xlabel, ylabel="AdvBench+GCG attack success (%)  <- better", ylim=(-5, 105))
     if not plotted:
         plt.close(fig)
         return None
-    for i, pairing in enumerate(pairings):
-        axes[0][-1].plot([], [], MARKERS[i % len(MARKERS)], color="#444444", label=pairing)
-    for mode, c in COLORS.items():
-        axes[0][-1].plot([], [], "s", color=c, label=mode)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    handles = [matplotlib.lines.Line2D([], [], marker=MARKERS[i % len(MARKERS)], color="#444444", linestyle="none", label=pairing)
+               for i, pairing in enumerate(pairings)]
+    handles += [matplotlib.lines.Line2D([], [], marker="s", color=c, linestyle="none", label=mode) for mode, c in COLORS.items()]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=3)
     fig.suptitle(title)
-    return _save(fig, path)
+    return _save(fig, path, rect=(0, 0.05 + 0.035 * ((len(handles) + 2) // 3), 1, 1))
 
 
 def frontier_cost(points: list[Point], out: Path) -> Optional[Path]:
     return _frontier_panels(points, [
-        ("on benign prompts", lambda p: p.latency_ratio("benign"), "mean latency / vanilla's, benign (log)  <- cheaper"),
-        ("on harmful prompts", lambda p: p.latency_ratio("advbench-gcg"), "mean latency / vanilla's, AdvBench+GCG (log)  <- cheaper"),
+        ("on benign prompts", lambda p: p.latency_ratio("benign"), "mean latency / vanilla's, benign  <- cheaper"),
+        ("on harmful prompts", lambda p: p.latency_ratio("advbench-gcg"), "mean latency / vanilla's, AdvBench+GCG  <- cheaper"),
     ], "Attack success against cost", out / "frontier_cost.png", log_x=True)
 
 
@@ -394,23 +399,24 @@ def gated_outcomes(summaries: list[dict], out: Path) -> Optional[Path]:
             bars.append((f"{pairing_of(s, {})}\n{s['tag']}, {s['settings']['suite']}", counts, time))
     if not bars:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(13, 1.6 + 0.55 * len(bars)), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 2.2 + 0.55 * len(bars)), squeeze=False)
     shades = {"passed": "#2ca02c", "rewritten": "#1f77b4", "refused": "#d62728"}
     for ax, (title, which) in zip(axes[0], (("share of answers", 1), ("share of time", 2))):
         for i, bar in enumerate(bars):
             total, left = sum(bar[which].values()), 0.0
             for o in GATED_OUTCOMES:
                 width = 100 * bar[which][o] / total
-                ax.barh(i, width, left=left, color=shades[o], label=o if i == 0 else None)
+                ax.barh(i, width, left=left, color=shades[o])
                 if width >= 6:
                     ax.text(left + width / 2, i, f"{width:.0f}%", ha="center", va="center", fontsize=7, color="white")
                 left += width
         ax.set_yticks(range(len(bars)), [b[0] + f" (n={sum(b[1].values())})" for b in bars], fontsize=7)
         ax.invert_yaxis()
         ax.set(title=title, xlim=(0, 100), xlabel="%")
-    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.legend(handles=[matplotlib.patches.Patch(color=shades[o], label=o) for o in GATED_OUTCOMES], fontsize=8,
+               loc="lower center", ncol=3)
     fig.suptitle("Gated answers: passed, rewritten, refused")
-    return _save(fig, out / "gated_outcomes.png")
+    return _save(fig, out / "gated_outcomes.png", rect=(0, 0.6 / (1.6 + 0.55 * len(bars)), 1, 1))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
