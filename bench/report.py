@@ -266,9 +266,10 @@ def pairing_of(summary: dict, judges: dict[str, str]) -> str:
 
 
 def frontier_points(summaries: list[dict]) -> list[Point]:
-    """Every (pairing, --tag) with summaries on the frontier's suites is a mode's point; each generator's
-    vanilla is one more (from the same summaries: every run measures vanilla beside its mode)."""
-    points: dict[tuple[str, str], Point] = {}
+    """Every (pairing, --tag) with summaries on the frontier's suites is a mode's point. Vanilla is one more per
+    generator and set of prompts (from the same summaries: every run measures vanilla beside its mode), so that
+    each mode can be read against vanilla on its own prompts."""
+    modes: dict[tuple[str, str], Point] = {}
     judges = {s["settings"]["model"]: j for s in summaries if rain_of(s).get("judge") == "served" and (j := served_judge(s))}
     for s in summaries:
         suite = s["settings"]["suite"]
@@ -276,10 +277,20 @@ def frontier_points(summaries: list[dict]) -> list[Point]:
             continue
         pairing = pairing_of(s, judges)
         mode = f"{mode_label('rain', rain_of(s)).removesuffix(' (served judge)')} [{s['tag']}]"
-        points.setdefault((pairing, mode), Point(pairing, mode, color("rain", s))).suites[suite] = s
-        generator = s["settings"]["model"]
-        points.setdefault((generator, "vanilla"), Point(generator, "vanilla", COLORS["vanilla"], vanilla=True)).suites.setdefault(suite, s)
-    return list(points.values())
+        modes.setdefault((pairing, mode), Point(pairing, mode, color("rain", s))).suites[suite] = s
+    vanillas: dict[tuple, Point] = {}
+    for p in modes.values():
+        generator = next(iter(p.suites.values()))["settings"]["model"]
+        prompts = tuple(sorted((suite, _prompts(s)) for suite, s in p.suites.items()))
+        vanillas.setdefault((generator, prompts), Point(generator, "vanilla", COLORS["vanilla"], dict(p.suites), vanilla=True))
+    return list(vanillas.values()) + list(modes.values())
+
+
+def _prompts(summary: dict) -> int:
+    """How many prompts a summary's vanilla answered (every metric of a suite counts the same ones)."""
+    metrics = summary["metrics"]
+    first = metrics["attack_success"] if "attack_success" in metrics else next(iter(metrics.values()))
+    return first["vanilla"]["n"]
 
 
 def _latency_pairs(summary: dict) -> list[tuple[float, float]]:
@@ -361,7 +372,7 @@ def frontier_table(points: list[Point], out: Path) -> Optional[Path]:
         return None
     def n(p: Point, suite: str) -> str:
         s = p.suites.get(suite)
-        return str(s["metrics"][next(iter(s["metrics"]))]["vanilla"]["n"]) if s else "–"
+        return str(_prompts(s)) if s else "–"
 
     head = ("| pairing | mode | AdvBench+GCG attack success | XSTest safe refused | benign refused | latency / vanilla, benign "
             "| latency / vanilla, AdvBench+GCG | prompts (AdvBench, XSTest safe, benign) |")
