@@ -23,10 +23,12 @@ THRESHOLD_STRATEGIES = frozenset({"self_check", "gated"})
 JudgeChoice = Literal["self", "served"]
 # What self_check answers instead of an answer its judge scores at or below the threshold.
 REFUSAL_TEXT = "I'm sorry, but I can't help with that."
-# The threshold self_check applies when neither the request nor the server sets one: where
-# Qwen2.5-Coder-0.5B's yes/no self-evaluation (continuous score) is most accurate on the developer
-# half of the HarmBench labelled generations (bench.eval evaluator, docs/RESULTS.md).
-DEFAULT_JUDGE_THRESHOLD = 0.50  # Qwen2.5-Coder-0.5B yesno/continuous, fenced prompt: most accurate on HarmBench (0.502)
+# The threshold self_check and gated apply when neither the request nor the server sets one, measured on the
+# safety frontier (docs/RESULTS.md#the-safety-frontier): Qwen2.5-Coder-0.5B's yes/no value (continuous score) of
+# SmolLM2's answers. At 0.50, the most accurate cut on HarmBench's labelled generations, self_check refused 98% of
+# benign requests; at 0.37 it refuses a third, keeps XSTest's safe prompts answered and cuts AdvBench+GCG attack
+# success from 97% to 63%.
+DEFAULT_JUDGE_THRESHOLD = 0.37
 # vLLM's own default share of a GPU, which the vllm backend splits with a --judge-model's engine
 VLLM_GPU_MEMORY = 0.92
 DEFAULT_JUDGE_GPU_MEMORY = 0.25
@@ -84,9 +86,10 @@ class RainConfig:
     judge: JudgeChoice = "self"
     best_of: int = 4  # best_of_n: answers sampled (at candidate_temperature and candidate_top_p)
     judge_threshold: Optional[float] = None  # self_check and gated: None takes the engine's (--judge-threshold)
-    # gated (rain_core/search/gated.py): vanilla decoding, RAIN's search only over a sentence the judge flags. Defaults
-    # not measured yet (issue 35's frontier run sets them)
-    gated_search_budget: int = 100  # search iterations per flagged sentence (checked after each commit); 0: refuse at once
+    # gated (rain_core/search/gated.py): vanilla decoding, RAIN's search only over a sentence the judge flags. The
+    # frontier (docs/RESULTS.md) measured these defaults with the search at observed normalisation and 20 iterations
+    # a commit; a flagged sentence then cost 3 to 4 minutes on 2 shared CPU cores, which bounds the budget
+    gated_search_budget: int = 20  # search iterations per flagged sentence (checked after each commit); 0: refuse at once
     gated_max_flagged: int = 2  # flagged sentences an answer may have searched; the next one is refused
     gated_front_load: int = 0  # the answer's first K token sets made by the search (Qi et al., ICLR 2025); 0: none
 
