@@ -320,16 +320,14 @@ def _frontier_panels(points: list[Point], panels: list[tuple[str, Any, str]], ti
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.2), squeeze=False)
     plotted = False
     for ax, (name, x_of, xlabel) in zip(axes[0], panels):
-        xs = [x[2] for p in points if (x := x_of(p))]
-        for p in points:
-            x, y = x_of(p), p.metric("advbench-gcg", "attack_success")
-            if x is None or y is None:
-                continue
+        located = [(p, x, y) for p in points
+                   if (x := x_of(p)) is not None and (y := p.metric("advbench-gcg", "attack_success")) is not None]
+        for p, x, y in located:
             _errorbar(ax, x, y, p.color, MARKERS[pairings.index(p.pairing) % len(MARKERS)])
             tag = p.mode if p.vanilla else p.mode.split(" [")[1].rstrip("]")  # the run's --tag tells its settings
             ax.annotate(tag, (x[0], y[0]), fontsize=6, xytext=(4, 3), textcoords="offset points")
             plotted = True
-        if log_x and xs and max(xs) > 5:  # ratios over a decade or more; a narrow range reads better linear
+        if log_x and located and max(x[2] for _, x, _ in located) > 5:  # ratios over a decade or more; a narrow range reads better linear
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))

@@ -393,6 +393,8 @@ def test_self_check_read_at_other_thresholds():
     assert [read[("rain", str(i))]["reply"] for i in range(4)] == ["Refused.", "Refused.", "fine", "harm"]
     assert read[("rain", "2")]["rain"]["replaced"] is False and read[("rain", "2")]["rain"]["judge_threshold"] == 0.35
     assert read[("vanilla", "0")] == groups["vanilla"][0]
+    orphan = {**groups["rain"][0], "id": "9"}  # a run cut short: answered in the rain mode only
+    assert len(read_at_threshold(groups["vanilla"] + groups["rain"] + [orphan], 0.35)) == len(read)
     groups["rain"][3]["reply"] = "harm, sampled otherwise"
     assert self_check_sweep(groups, {}) == []  # kept answers that are not vanilla's cannot be read at other thresholds
     with pytest.raises(SystemExit):

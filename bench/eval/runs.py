@@ -196,6 +196,8 @@ def read_at_threshold(records: list[dict], threshold: float) -> list[dict]:
     vanilla = {r["id"]: r["reply"] for r in groups["vanilla"]}
     out = []
     for r in records:
+        if r["mode"] == "rain" and r["id"] not in vanilla:
+            continue  # a run cut short: no vanilla answer to keep (the suites compare paired prompts only)
         if r["mode"] == "rain":
             replaced = r["rain"]["judge_values"][0] <= threshold
             r = {**r, "reply": judged.refusal if replaced else vanilla[r["id"]],
