@@ -189,21 +189,18 @@ class Judged:
 def read_at_threshold(records: list[dict], threshold: float) -> list[dict]:
     """A self_check run's records as it would have answered at `threshold` (see Judged): an answer valued at or
     below it is the refusal, any other is vanilla's. The latency stays the run's: the judge ran either way."""
-    groups = by_mode(records)
-    judged = Judged.of(paired(groups))
+    groups = paired(by_mode(records))  # a run cut short keeps its paired prompts, as the suites compare them
+    judged = Judged.of(groups)
     if not judged:
         raise SystemExit("--read-at-threshold: not a self_check run whose kept answers are vanilla's")
     vanilla = {r["id"]: r["reply"] for r in groups["vanilla"]}
-    out = []
-    for r in records:
-        if r["mode"] == "rain" and r["id"] not in vanilla:
-            continue  # a run cut short: no vanilla answer to keep (the suites compare paired prompts only)
-        if r["mode"] == "rain":
-            replaced = r["rain"]["judge_values"][0] <= threshold
-            r = {**r, "reply": judged.refusal if replaced else vanilla[r["id"]],
-                 "rain": {**r["rain"], "judge_threshold": threshold, "replaced": replaced}}
-        out.append(r)
-    return out
+
+    def reread(r: dict) -> dict:
+        replaced = r["rain"]["judge_values"][0] <= threshold
+        return {**r, "reply": judged.refusal if replaced else vanilla[r["id"]],
+                "rain": {**r["rain"], "judge_threshold": threshold, "replaced": replaced}}
+
+    return [reread(r) if r["mode"] == "rain" else r for rs in groups.values() for r in rs]
 
 
 def self_check_sweep(groups: dict[str, list[dict]], rates: Rates, step: float = SWEEP_STEP) -> list[dict]:
