@@ -5,6 +5,7 @@ their own while the test looks (a search of 10,000 iterations per set), and wait
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import socket
 import threading
@@ -93,12 +94,16 @@ def raw_post(server, body: bytes) -> socket.socket:
 
 
 def test_a_huge_prompt_being_checked_stalls_no_other_request(rain_server):
-    """The largest prompt that must be templated and tokenised (about a second here) is sent first; a short
-    streamed request sent after it is checked, admitted and opens its stream before the huge one's 400
-    comes back, and then runs to its end. It starts on a settled engine: what a cancelled search left
-    computing would share the two cores with the huge prompt's tokenizer and the short request."""
+    """The costliest prompt that must be templated and tokenised (every character a token, a second or two
+    here) is sent first; a short streamed request sent after it is checked, admitted and opens its stream
+    before the huge one's 400 comes back, and then runs to its end. The short one's connection is open
+    before the huge prompt is sent, so only the server's work lies between the two (CI lost the race once
+    to what a client spends opening a connection). It starts on a settled engine: what a cancelled
+    search left computing would share the two cores with the huge prompt's tokenizer and the short request."""
     settled(rain_server)
-    prompt = "a b c d e f g h " * 40_000  # 640k characters: under the length precheck, over the context
+    prompt = "a.b,c;d:" * 80_000  # 640k characters: under the length precheck, over the context
+    other = http.client.HTTPConnection("127.0.0.1", rain_server.port, timeout=HANG_S)
+    other.connect()
     events: list[str] = []
     hostile = raw_post(rain_server, json.dumps({**chat_body(prompt), **VANILLA}).encode())
 
@@ -109,12 +114,16 @@ def test_a_huge_prompt_being_checked_stalls_no_other_request(rain_server):
 
     reader = threading.Thread(target=hostile_answer)
     reader.start()
-    other = Stream(rain_server.base_url, chat_body("Say hi.", max_tokens=2, **VANILLA))
-    other.wait_for_payloads(1, timeout_s=HANG_S)  # the role chunk: its prompt checked, the request queued
+    other.request("POST", "/v1/chat/completions", json.dumps(chat_body("Say hi.", max_tokens=2, stream=True, **VANILLA)),
+                  {"Content-Type": "application/json"})
+    stream = other.getresponse()
+    payloads = [next(line for line in stream if line.startswith(b"data: "))]  # the role chunk: checked and queued
     events.append("other's stream opened")
     reader.join(HANG_S)
+    payloads += [line for line in stream if line.startswith(b"data: ")]
+    other.close()
     assert events == ["other's stream opened", "HTTP/1.1 400 Bad Request\r\n"]
-    assert len(other.chunks) == 1 + 2
+    assert len(payloads) == 1 + 2 + 1  # the role, two tokens, [DONE]
 
 
 def test_metrics_cover_every_family(rain_server, backend):
