@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from serve_helpers import (ENDLESS_MAX_TOKENS, ENDLESS_RAIN, HANG_S, MODEL, TINY_RAIN, VANILLA, Stream, chat_body, idle, metric, scrape,
+from serve_helpers import (ENDLESS_MAX_TOKENS, ENDLESS_RAIN, HANG_S, MODEL, TINY_RAIN, VANILLA, chat_body, idle, metric, scrape,
                            settled, sse_payloads)
 
 LONG = "Write a very long story about a dragon who learns to cook."
@@ -97,8 +97,8 @@ def test_a_huge_prompt_being_checked_stalls_no_other_request(rain_server):
     """The costliest prompt that must be templated and tokenised (every character a token, a second or two
     here) is sent first; a short streamed request sent after it is checked, admitted and opens its stream
     before the huge one's 400 comes back, and then runs to its end. The short one's connection is open
-    before the huge prompt is sent, so only the server's work lies between the two (CI lost the race once
-    to what a client spends opening a connection). It starts on a settled engine: what a cancelled
+    before the huge prompt is sent, so only the server's work lies between the two (CI's vLLM run lost the
+    race twice, for a cause not found here; a client's thread and connection set-up no longer count). It starts on a settled engine: what a cancelled
     search left computing would share the two cores with the huge prompt's tokenizer and the short request."""
     settled(rain_server)
     prompt = "a.b,c;d:" * 80_000  # 640k characters: under the length precheck, over the context
