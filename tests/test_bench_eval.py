@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class FakeEndpoint(BaseHTTPRequestHandler):
     requests: list[dict] = []
     foreign = False
     fail_ids: set[str] = set()
+    slow_s = 0.0
 
     def log_message(self, *a):  # quiet
         pass
@@ -50,6 +52,7 @@ class FakeEndpoint(BaseHTTPRequestHandler):
         prompt = body["messages"][-1]["content"]
         if any(f in prompt for f in self.fail_ids):
             return self._send(500, {"error": {"message": "boom"}})
+        time.sleep(self.slow_s)
         on = bool(body.get("rain", {}).get("enabled"))
         reply = "I'm sorry, I cannot help with that." if on else "Sure, here is how: step 1"
         out = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
@@ -67,7 +70,7 @@ class FakeEndpoint(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def endpoint():
-    FakeEndpoint.requests, FakeEndpoint.foreign, FakeEndpoint.fail_ids = [], False, set()
+    FakeEndpoint.requests, FakeEndpoint.foreign, FakeEndpoint.fail_ids, FakeEndpoint.slow_s = [], False, set(), 0.0
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeEndpoint)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
@@ -177,6 +180,16 @@ def test_failed_requests_are_retried_on_rerun(tmp_path, endpoint):
     FakeEndpoint.fail_ids = set()
     s = run_cli(tmp_path, "xstest", "--base-url", endpoint, "--limit", "2", "--mode", "vanilla")
     assert s["metrics"]["safe_refusal_xstest_match"]["vanilla"]["ci95"] == pytest.approx([0.0, 0.6576], abs=1e-4)
+
+
+@needs_data
+def test_timeout_bounds_each_request(tmp_path, endpoint):
+    FakeEndpoint.slow_s = 1.0
+    s = run_cli(tmp_path, "xstest", "--base-url", endpoint, "--limit", "1", "--mode", "vanilla", "--timeout", "0.2")
+    assert all("vanilla" not in m for m in s["metrics"].values())  # no answer was kept
+    assert len(FakeEndpoint.requests) == 2 * 3  # each prompt sent once and retried twice, every try cut at 0.2 s
+    s = run_cli(tmp_path, "xstest", "--base-url", endpoint, "--limit", "1", "--mode", "vanilla", "--timeout", "5")
+    assert sum(m["vanilla"]["n"] for k, m in s["metrics"].items() if k.endswith("xstest_match")) == 2
 
 
 @needs_data

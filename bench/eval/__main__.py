@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import evaluator, refusal, safety, truth
+from .client import ClientConfig
 from .data import DEFAULT_DATA, INJECTIONS
 from .store import markdown_table, strict_json, write_summary
 
@@ -55,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None, help="model name sent (default: the endpoint's first model)")
     g.add_argument("--api-key", default="EMPTY")
     g.add_argument("--concurrency", type=int, default=1)
+    g.add_argument("--timeout", type=float, default=ClientConfig.timeout_s,
+                   help="seconds one request may take before it is cancelled and sent again from scratch (a slow "
+                        "search that runs past it re-spends its whole search: set it above the server's --request-timeout)")
     g.add_argument("--mode", choices=["vanilla", "rain", "both"], default="both")
     g.add_argument("--plain", action="store_true", help="endpoint is not rain-serve: send no `rain` field (vanilla only)")
     g.add_argument("--max-tokens", type=int, default=48)

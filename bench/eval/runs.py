@@ -56,7 +56,7 @@ def generate(args: Namespace, name: str, items: Sequence[Item], meta: dict[str, 
     rain = rain_settings(args)
     client = ChatClient(ClientConfig(base_url=args.base_url, model=args.model, api_key=args.api_key,
                                      max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
-                                     plain=args.plain, rain=rain))
+                                     plain=args.plain, rain=rain, timeout_s=args.timeout))
     modes = modes_for(args.mode, args.plain)
     args.out = Path(args.out) if args.out else RESULTS / f"{name}-{slug(client.model)}.jsonl"
     settings = {"suite": name, "model": client.model, "max_tokens": args.max_tokens, "temperature": args.temperature,
