@@ -98,8 +98,9 @@ def test_a_huge_prompt_being_checked_stalls_no_other_request(rain_server):
     here) is sent first; a short streamed request sent after it is checked, admitted and opens its stream
     before the huge one's 400 comes back, and then runs to its end. The short one's connection is open
     before the huge prompt is sent, so only the server's work lies between the two (CI's vLLM run lost the
-    race twice, for a cause not found here; a client's thread and connection set-up no longer count). It starts on a settled engine: what a cancelled
-    search left computing would share the two cores with the huge prompt's tokenizer and the short request."""
+    race twice, for a cause not found here; a client's thread and connection set-up no longer count). It
+    starts on a settled engine: what a cancelled search left computing would share the two cores with the
+    huge prompt's tokenizer and the short request."""
     settled(rain_server)
     prompt = "a.b,c;d:" * 80_000  # 640k characters: under the length precheck, over the context
     other = http.client.HTTPConnection("127.0.0.1", rain_server.port, timeout=HANG_S)
